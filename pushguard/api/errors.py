@@ -1,0 +1,82 @@
+"""One table from errors to HTTP answers, and the JSON shape every error has::
+
+    {"error": {"type": "validation_error", "message": "to: ...",
+               "fields": [{"field": "to", "problem": "..."}]}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pushguard.exceptions import (
+    AuthError,
+    IdempotencyConflict,
+    InputError,
+    NotFound,
+    PushguardError,
+    StoreError,
+)
+from pushguard.intake import problem_text
+
+STATUS: list[tuple[type[PushguardError], int, str]] = [
+    (IdempotencyConflict, 422, "idempotency_conflict"),
+    (InputError, 422, "validation_error"),
+    (AuthError, 401, "unauthorized"),
+    (NotFound, 404, "not_found"),
+    (StoreError, 503, "store_unavailable"),
+    (PushguardError, 500, "internal_error"),
+]
+
+
+def error_body(kind: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": kind, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
+def describe(exc: PushguardError) -> tuple[int, dict[str, Any]]:
+    for cls, status, kind in STATUS:
+        if isinstance(exc, cls):
+            fields = [exc.as_dict()] if isinstance(exc, InputError) else None
+            return status, error_body(kind, str(exc), fields)
+    raise AssertionError("unreachable")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(PushguardError)
+    async def _pushguard(_: Request, exc: PushguardError) -> JSONResponse:
+        status, body = describe(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(
+                error_body("malformed_json", "the request body is not valid JSON",
+                           [{"field": "body", "problem": "is not valid JSON"}]),
+                status_code=400,
+            )
+        problems = []
+        for e in errors:
+            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+            field = ".".join(loc) or "body"
+            problems.append({"field": field, "problem": problem_text(e)})
+        message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        return JSONResponse(error_body("validation_error", message, problems), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+

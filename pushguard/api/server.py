@@ -1,0 +1,311 @@
+"""The HTTP API: a thin edge over :class:`pushguard.app.App`.
+
+Every ``/v1`` route needs ``Authorization: Bearer <key>``. A 202 is sent only after the
+message is committed. Bad input gets a 4xx naming the field and the problem; nothing invalid is
+enqueued, and nothing valid in a batch is held back by an invalid neighbour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pushguard import taxonomy
+from pushguard.api import errors
+from pushguard.app import App
+from pushguard.exceptions import AuthError, IdempotencyConflict, InputError, NotFound
+from pushguard.explain import explain, rfc3339
+from pushguard.intake import MessageIn
+from pushguard.models import PRIORITY_NAMES, Accepted, MessageView
+from pushguard.states import State
+
+MAX_BATCH = 1000
+_DUMMY_HASH = hashlib.sha256(b"no key given").hexdigest()
+
+
+class BodyLimit:
+    """Answer 413 before parsing when a body is larger than the limit, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+        too_big = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_big = True
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        resp = JSONResponse(
+            errors.error_body(
+                "payload_too_large", f"request body is larger than {self.limit} bytes",
+                [{"field": "body", "problem": f"must be at most {self.limit} bytes"}],
+            ),
+            status_code=413,
+        )
+        await resp({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class Accepted202(BaseModel):
+    id: str
+    state: str
+
+
+class BatchIn(BaseModel):
+    messages: list[dict[str, Any]] = Field(
+        description=f"up to {MAX_BATCH} messages, each shaped like POST /v1/messages"
+    )
+
+
+def message_json(view: MessageView, *, full: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": view.id,
+        "channel": view.channel,
+        "to": view.to,
+        "topic": view.topic,
+        "priority": PRIORITY_NAMES.get(view.priority, "normal"),
+        "state": view.state.value,
+        "created_at": rfc3339(view.created_at),
+        "updated_at": rfc3339(view.updated_at),
+        "next_attempt_at": None if view.state.terminal else rfc3339(view.next_at),
+        "expires_at": rfc3339(view.expires_at),
+        "attempt_count": view.attempts_count,
+        "idempotency_key": view.idempotency_key,
+        "provider": view.last_provider,
+        "provider_message_id": view.provider_message_id,
+        "delivered_at": rfc3339(view.delivered_at),
+        "failure": view.failure.as_dict() if view.failure else None,
+    }
+    if full:
+        out["content"] = view.content
+        out["attempts"] = [
+            {
+                "number": a.number, "at": rfc3339(a.at), "provider": a.provider,
+                "outcome": a.outcome, "status": a.status, "provider_code": a.provider_code,
+                "cause": a.cause, "latency_ms": None if a.latency_ms is None
+                else round(a.latency_ms, 2), "maybe_sent": a.maybe_sent, "detail": a.detail,
+                "raw": a.raw,
+            }
+            for a in view.attempts
+        ]
+        out["history"] = [
+            {"at": rfc3339(t.at), "from": t.src, "to": t.dst, "reason": t.reason,
+             "cause": t.cause}
+            for t in view.history
+        ]
+    return out
+
+
+def authorize(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The id of the API key in ``Authorization: Bearer <key>``, or 401."""
+    token = ""
+    if authorization and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
+    # The same work whether the key is missing, malformed or wrong: hash it and look it up.
+    # Looking up by SHA-256 means no secret-dependent comparison happens in Python at all.
+    digest = hashlib.sha256(token.encode()).hexdigest() if token else _DUMMY_HASH
+    key_id = request.app.state.pushguard.store.api_key_id(digest)
+    if not token or key_id is None:
+        raise AuthError("missing or invalid API key (send Authorization: Bearer <key>)")
+    return str(key_id)
+
+
+Auth = Annotated[str, Depends(authorize)]
+
+
+def create_api(app: App) -> FastAPI:
+    api = FastAPI(
+        title="pushguard",
+        version="0.1.0",
+        description="Multi-channel push delivery where pushes do not fail silently.",
+    )
+    api.state.pushguard = app
+    errors.install(api)
+    api.add_middleware(BodyLimit, limit=app.settings.max_body_bytes)
+    app.metrics.watch_queue(app.store)
+    store = app.store
+
+    def accepted_json(result: Accepted) -> dict[str, Any]:
+        return {"id": result.id, "state": result.state.value}
+
+    @api.post("/v1/messages", status_code=202, response_model=Accepted202,
+              responses={422: {"description": "invalid field"}, 401: {}, 413: {}, 400: {}})
+    def send_message(
+        item: MessageIn,
+        key_id: Auth,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        """Accept one message. It is committed before the 202 is sent."""
+        msg = app.intake.prepare(item, header_key=idempotency_key)
+        (result,) = app.intake.submit([msg], scope=key_id)
+        if isinstance(result, IdempotencyConflict):
+            raise result
+        if result.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            app.metrics.accepted.labels(msg.channel).inc()
+        return accepted_json(result)
+
+    @api.post("/v1/messages/batch", status_code=202,
+              responses={422: {"description": "invalid batch"}, 401: {}, 413: {}, 400: {}})
+    def send_batch(
+        batch: BatchIn,
+        key_id: Auth,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        """Accept up to 1000 messages; each gets its own result, invalid ones their own error."""
+        n = len(batch.messages)
+        if n == 0 or n > MAX_BATCH:
+            raise InputError("messages", f"must hold 1 to {MAX_BATCH} messages, got {n}")
+        results: list[dict[str, Any] | None] = [None] * n
+        valid, where = [], []
+        for i, raw in enumerate(batch.messages):
+            prefix = f"messages[{i}]."
+            try:
+                item = app.intake.parse(raw, prefix=prefix)
+                header_key = None
+                if idempotency_key and item.idempotency_key is None:
+                    header_key = f"{idempotency_key}:{i}"
+                valid.append(app.intake.prepare(item, header_key=header_key, prefix=prefix))
+                where.append(i)
+            except InputError as exc:
+                app.metrics.rejected.labels("validation").inc()
+                results[i] = {"index": i, **errors.describe(exc)[1]}
+        if valid:
+            for i, msg, res in zip(where, valid, app.intake.submit(valid, scope=key_id),
+                                   strict=True):
+                if isinstance(res, IdempotencyConflict):
+                    results[i] = {"index": i, **errors.describe(res)[1]}
+                else:
+                    if not res.replayed:
+                        app.metrics.accepted.labels(msg.channel).inc()
+                    results[i] = {"index": i, **accepted_json(res), "replayed": res.replayed}
+        out = [r for r in results if r is not None]
+        ok = sum(1 for r in out if "id" in r)
+        return {"accepted": ok, "rejected": n - ok, "results": out}
+
+    @api.get("/v1/messages/{message_id}")
+    def get_message(message_id: str, _: Auth) -> dict[str, Any]:
+        """Everything known about one message: state, attempts, history, failure and fix."""
+        view = store.get(message_id)
+        if view is None:
+            raise NotFound(f"no message {message_id!r}")
+        return message_json(view)
+
+    @api.get("/v1/messages/{message_id}/explain")
+    def explain_message(message_id: str, _: Auth) -> dict[str, Any]:
+        """The story of one message in plain words, with the verdict and what to do."""
+        view = store.get(message_id)
+        if view is None:
+            raise NotFound(f"no message {message_id!r}")
+        return explain(view)
+
+    @api.get("/v1/messages")
+    def list_messages(
+        _: Auth,
+        state: Annotated[State | None, Query()] = None,
+        cause: Annotated[str | None, Query(max_length=32)] = None,
+        since: Annotated[datetime | None, Query()] = None,
+        before: Annotated[datetime | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """Messages, newest first, filtered by state, failure cause and creation time."""
+        if cause is not None and cause not in taxonomy.CAUSES:
+            raise InputError("cause", f"unknown cause; one of: {', '.join(taxonomy.CAUSES)}")
+        for name, value in (("since", since), ("before", before)):
+            if value is not None and value.tzinfo is None:
+                raise InputError(name, "must be an RFC 3339 time with a timezone")
+        views = store.list(
+            state=state.value if state else None, cause=cause,
+            since=since.timestamp() if since else None,
+            before=before.timestamp() if before else None, limit=limit,
+        )
+        return {
+            "messages": [message_json(v, full=False) for v in views],
+            "next_before": rfc3339(views[-1].created_at) if len(views) == limit else None,
+        }
+
+    @api.get("/v1/suppressions")
+    def list_suppressions(
+        _: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        """Addresses that will not be sent to, with reason and source."""
+        return {"suppressions": [
+            {"channel": s.channel, "address": s.address, "reason": s.reason,
+             "source": s.source, "created_at": rfc3339(s.created_at)}
+            for s in store.suppressions(limit)
+        ]}
+
+    @api.get("/v1/causes")
+    def list_causes(_: Auth) -> dict[str, Any]:
+        """The failure taxonomy: every cause, whether it is transient, and its fix."""
+        return {"causes": [
+            {"cause": c.name, "transient": c.transient, "action": c.action.value,
+             "explanation": c.explanation, "fix": c.fix}
+            for c in taxonomy.CAUSES.values()
+        ]}
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    def readyz() -> JSONResponse:
+        """The database answers and its schema is current."""
+        try:
+            store.ping()
+            current = store.schema_is_current()
+        except Exception as exc:  # readiness reports, it does not raise
+            return JSONResponse({"status": "unavailable", "problem": str(exc)}, status_code=503)
+        if not current:
+            return JSONResponse(
+                {"status": "unavailable", "problem": "schema is behind: run pushguard db upgrade"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        """Prometheus metrics."""
+        return PlainTextResponse(app.metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return api
+

@@ -1,0 +1,95 @@
+"""The application object: settings, store, configuration and metrics wired together once.
+
+Edges (HTTP API, CLI, demo) build one :class:`App` and ask it for what they need; tests build
+one with their own store or configuration. Nothing here is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from pushguard import config as config_mod
+from pushguard.circuit import BreakerState
+from pushguard.config import Config
+from pushguard.intake import Intake
+from pushguard.metrics import Metrics
+from pushguard.pipeline import Pipeline
+from pushguard.providers.base import Provider, ProviderContext
+from pushguard.providers.registry import build_providers
+from pushguard.retry import RetryPolicy
+from pushguard.routing import Router
+from pushguard.settings import Settings
+from pushguard.ssrf import OutboundGuard
+from pushguard.store.base import Store
+from pushguard.store.sql import SQLStore
+from pushguard.worker import Worker
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    config: Config
+    metrics: Metrics = field(default_factory=Metrics)
+    guard: OutboundGuard = field(init=False)
+    intake: Intake = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = OutboundGuard.from_env(self.settings.outbound_allow)
+        self.intake = Intake(self.store, self.config, self.guard, self.settings)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, store: Store | None = None) -> App:
+        return cls(
+            settings=settings,
+            store=store or SQLStore(settings.database_url),
+            config=config_mod.load(settings),
+        )
+
+    def build_providers(self) -> dict[str, Provider]:
+        """One instance per configured provider (raises ConfigError on bad options)."""
+        return build_providers(self.config, ProviderContext(self.settings, self.guard))
+
+    def build_pipeline(self, providers: dict[str, Provider]) -> Pipeline:
+        log = structlog.get_logger("pushguard.circuit")
+
+        def on_change(key: str, old: BreakerState, new: BreakerState) -> None:
+            self.metrics.breaker.labels(key).set(0 if new is BreakerState.CLOSED else 1)
+            log.warning("circuit_changed", key=key, old=old.value, new=new.value)
+
+        router = Router(
+            {ch: [providers[n] for n in names] for ch, names in self.config.channels.items()},
+            self.config.breaker,
+            on_change=on_change,
+        )
+        r = self.config.retry
+        policy = RetryPolicy(base=r.base, cap=r.cap, retry_after_cap=r.retry_after_cap)
+        return Pipeline(router, policy, metrics=self.metrics)
+
+    def build_worker(self, providers: dict[str, Provider], **overrides: float) -> Worker:
+        s = self.settings
+        return Worker(
+            self.store,
+            self.build_pipeline(providers),
+            concurrency=int(overrides.get("concurrency", s.worker_concurrency)),
+            batch=int(overrides.get("batch", s.worker_batch)),
+            lease=float(overrides.get("lease", s.lease_seconds)),
+            poll=float(overrides.get("poll", s.poll_interval)),
+        )
+
+
+async def run_worker(app: App, stop: asyncio.Event, **overrides: float) -> Worker:
+    """Open the providers, deliver until ``stop`` is set, drain, close them."""
+    providers = app.build_providers()
+    for p in providers.values():
+        await p.start()
+    worker = app.build_worker(providers, **overrides)
+    try:
+        await worker.run(stop)
+    finally:
+        for p in providers.values():
+            await p.close()
+    return worker

@@ -1,0 +1,341 @@
+"""The ``pushguard`` command: a thin edge over the same core the HTTP API uses.
+
+Errors go to stderr as ``error: <field>: <problem>`` with exit status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pushguard import logs
+from pushguard.exceptions import ConfigError, IdempotencyConflict, InputError, PushguardError
+from pushguard.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+cli = typer.Typer(
+    name="pushguard", no_args_is_help=True, add_completion=False,
+    help="Multi-channel push delivery where pushes do not fail silently.",
+)
+db_cli = typer.Typer(no_args_is_help=True, help="Database schema.")
+keys_cli = typer.Typer(no_args_is_help=True, help="API keys.")
+config_cli = typer.Typer(no_args_is_help=True, help="Configuration.")
+sup_cli = typer.Typer(no_args_is_help=True, help="Suppression lists.")
+cli.add_typer(db_cli, name="db")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(config_cli, name="config")
+cli.add_typer(sup_cli, name="suppressions")
+
+out = Console()
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def handles_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PushguardError as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    s = Settings.from_env()
+    logs.configure(s.log_level, s.log_format)
+    return s
+
+
+def app_for(s: Settings | None = None, *, migrate: bool = False) -> Any:
+    from pushguard.app import App
+
+    app = App.from_settings(s or settings())
+    if migrate:
+        app.store.migrate()
+    elif not app.store.schema_is_current():
+        fail("the database schema is not current: run `pushguard db upgrade`")
+    return app
+
+
+# -- processes ------------------------------------------------------------------------------
+
+Host = Annotated[str, typer.Option(help="address to listen on")]
+Port = Annotated[int, typer.Option(help="port to listen on")]
+
+
+@cli.command()
+@handles_errors
+def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Run the HTTP API and the delivery workers in one process (applies migrations first)."""
+    from pushguard import runner
+
+    asyncio.run(runner.serve(app_for(migrate=True), host, port))
+
+
+@cli.command()
+@handles_errors
+def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Run only the HTTP API."""
+    from pushguard import runner
+
+    asyncio.run(runner.serve(app_for(), host, port, with_worker=False))
+
+
+@cli.command()
+@handles_errors
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="deliveries in flight")] = None,
+    batch: Annotated[int | None, typer.Option(help="messages claimed per batch")] = None,
+) -> None:
+    """Run only a delivery worker. Start as many as you like, on as many machines."""
+    from pushguard import runner
+
+    overrides = {k: float(v) for k, v in (("concurrency", concurrency), ("batch", batch)) if v}
+    asyncio.run(runner.work(app_for(), **overrides))
+
+
+@db_cli.command("upgrade")
+@handles_errors
+def db_upgrade() -> None:
+    """Apply database migrations."""
+    from pushguard.store import migrations
+
+    s = settings()
+    app = app_for(s, migrate=True)
+    del app
+    out.print(f"database is at revision {migrations.head()}")
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+@keys_cli.command("create")
+@handles_errors
+def keys_create(name: Annotated[str, typer.Option(help="who or what uses the key")]) -> None:
+    """Create an API key. The key is shown once, on the last line; only its hash is stored."""
+    key_id, key = app_for().store.create_api_key(name)
+    out.print(f"created key {key_id} ({name}); store it now, it cannot be shown again:")
+    print(key)
+
+
+@keys_cli.command("list")
+@handles_errors
+def keys_list() -> None:
+    """List API keys (prefixes only)."""
+    t = Table("id", "name", "prefix", "created", "revoked")
+    for k in app_for().store.api_keys():
+        t.add_row(str(k["id"]), str(k["name"]), str(k["prefix"]) + "…", _when(k["created_at"]),
+                  _when(k["revoked_at"]))
+    out.print(t)
+
+
+@keys_cli.command("revoke")
+@handles_errors
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key."""
+    if not app_for().store.revoke_api_key(key_id):
+        fail(f"no active key {key_id!r}")
+    out.print(f"revoked {key_id}")
+
+
+@cli.command("webhook-secret")
+def webhook_secret() -> None:
+    """Print a new Standard Webhooks signing secret (set it as PUSHGUARD_WEBHOOK_SECRET)."""
+    print("whsec_" + base64.b64encode(os.urandom(32)).decode())
+
+
+# -- messages -------------------------------------------------------------------------------
+
+@cli.command()
+@handles_errors
+def send(
+    channel: Annotated[str, typer.Option(help="webhook, email, sms, fcm, apns, webpush, chat")],
+    to: Annotated[str, typer.Option(help="the address on that channel")],
+    content: Annotated[str, typer.Option(help="content as a JSON object")] = "{}",
+    topic: Annotated[str | None, typer.Option()] = None,
+    priority: Annotated[str, typer.Option(help="high, normal or bulk")] = "normal",
+    send_at: Annotated[str | None, typer.Option(help="RFC 3339 time")] = None,
+    ttl: Annotated[int | None, typer.Option(help="seconds the message may wait")] = None,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Enqueue one message; prints its id and state."""
+    try:
+        body = json.loads(content)
+    except ValueError as exc:
+        raise InputError("content", f"is not valid JSON ({exc.args[0]})") from exc
+    raw: dict[str, Any] = {"channel": channel, "to": to, "content": body, "priority": priority}
+    for k, v in (("topic", topic), ("send_at", send_at), ("ttl", ttl),
+                 ("idempotency_key", idempotency_key)):
+        if v is not None:
+            raw[k] = v
+    app = app_for()
+    msg = app.intake.prepare(app.intake.parse(raw))
+    (result,) = app.intake.submit([msg], scope="cli")
+    if isinstance(result, IdempotencyConflict):
+        raise result
+    out.print(f"{result.id} {result.state.value}" + (" (replayed)" if result.replayed else ""))
+
+
+@cli.command()
+@handles_errors
+def status(
+    message_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show a message's state and attempts."""
+    from pushguard.api.server import message_json
+
+    view = app_for().store.get(message_id)
+    if view is None:
+        fail(f"no message {message_id!r}")
+    data = message_json(view)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    out.print(f"[bold]{view.id}[/bold]  {view.channel} -> {view.to}")
+    out.print(f"state: [bold]{view.state.value}[/bold]   attempts: {view.attempts_count}")
+    if view.failure:
+        out.print(f"cause: {view.failure.cause} ({view.failure.provider_code or '-'})")
+        out.print(f"fix: {view.failure.fix}", markup=False)
+    if view.attempts:
+        t = Table("#", "at", "provider", "outcome", "status/code", "cause", "ms")
+        for a in data["attempts"]:
+            t.add_row(str(a["number"]), a["at"], a["provider"], a["outcome"],
+                      str(a["provider_code"] or a["status"] or ""), a["cause"] or "",
+                      "" if a["latency_ms"] is None else f"{a['latency_ms']:.0f}")
+        out.print(t)
+
+
+@cli.command()
+@handles_errors
+def why(
+    message_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Tell the story of a message in plain words, and what to do about it."""
+    from pushguard.explain import as_text, explain
+
+    view = app_for().store.get(message_id)
+    if view is None:
+        fail(f"no message {message_id!r}")
+    story = explain(view)
+    print(json.dumps(story, indent=2) if as_json else as_text(story))
+
+
+@cli.command("messages")
+@handles_errors
+def messages_list(
+    state: Annotated[str | None, typer.Option()] = None,
+    cause: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+) -> None:
+    """List recent messages, newest first."""
+    t = Table("id", "channel", "to", "state", "cause", "attempts", "created")
+    for v in app_for().store.list(state=state, cause=cause, limit=limit):
+        t.add_row(v.id, v.channel, v.to[:48], v.state.value,
+                  v.failure.cause if v.failure else "", str(v.attempts_count), _when(v.created_at))
+    out.print(t)
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+@config_cli.command("check")
+def config_check() -> None:
+    """Check settings and pushguard.toml; report every problem with its location."""
+    from pushguard import config as config_mod
+    from pushguard.providers.base import ProviderContext
+    from pushguard.providers.registry import build_providers
+    from pushguard.ssrf import OutboundGuard
+    from pushguard.store.sql import SQLStore
+
+    problems: list[str] = []
+    try:
+        s = Settings.from_env()
+    except ConfigError as exc:
+        fail(str(exc))
+        return
+    cfg, errs = config_mod.check(s)
+    problems += [str(e) for e in errs]
+    if cfg is not None:
+        try:
+            build_providers(cfg, ProviderContext(s, OutboundGuard.from_env(s.outbound_allow)))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        store = SQLStore(s.database_url)
+        store.ping()
+        if not store.schema_is_current():
+            problems.append("PUSHGUARD_DATABASE_URL: schema is not current; run `pushguard db upgrade`")
+    except PushguardError as exc:
+        problems.append(f"PUSHGUARD_DATABASE_URL: {exc}")
+    except Exception as exc:
+        problems.append(f"PUSHGUARD_DATABASE_URL: cannot connect: {exc}")
+    if problems:
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        raise typer.Exit(1)
+    assert cfg is not None
+    out.print(f"configuration OK ({cfg.source})")
+    for channel, names in cfg.channels.items():
+        out.print(f"  {channel}: {' -> '.join(names)}")
+
+
+# -- suppressions ---------------------------------------------------------------------------
+
+@sup_cli.command("list")
+@handles_errors
+def sup_list(limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
+    """List suppressed addresses."""
+    t = Table("channel", "address", "reason", "source", "since")
+    for s in app_for().store.suppressions(limit):
+        t.add_row(s.channel, s.address, s.reason, s.source, _when(s.created_at))
+    out.print(t)
+
+
+@sup_cli.command("add")
+@handles_errors
+def sup_add(channel: str, address: str,
+            reason: Annotated[str, typer.Option()] = "manual") -> None:
+    """Suppress an address on a channel."""
+    app_for().store.suppress(channel, address, reason, "cli")
+    out.print(f"suppressed {channel} {address}")
+
+
+@sup_cli.command("remove")
+@handles_errors
+def sup_remove(channel: str, address: str) -> None:
+    """Lift a suppression."""
+    if not app_for().store.unsuppress(channel, address):
+        fail(f"{address} is not suppressed on {channel}")
+    out.print(f"removed {channel} {address}")
+
+
+def _when(ts: object) -> str:
+    if not isinstance(ts, int | float):
+        return ""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def main() -> None:
+    cli(prog_name="pushguard")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

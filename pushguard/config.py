@@ -1,0 +1,251 @@
+"""``pushguard.toml``: providers per channel in failover order, retry, breaker and worker limits.
+
+Example::
+
+    [channels.sms]
+    providers = ["gateway-a", "gateway-b"]     # failover order
+
+    [providers.gateway-a]
+    type = "http"
+    url = "https://sms.example.com/send"
+    headers = { Authorization = "env:GATEWAY_A_TOKEN" }   # credentials by env reference
+    timeout = 10
+    rate = 50            # messages per second
+    concurrency = 100
+
+    [retry]
+    base = 1.0           # seconds; full-jitter exponential back-off
+    cap = 3600
+    retry_after_cap = 3600
+
+With no file, the ``webhook`` channel is served by one ``webhook`` provider whose secret comes
+from ``PUSHGUARD_WEBHOOK_SECRET``. :func:`check` reports every problem with its location
+instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pushguard.exceptions import ConfigError
+from pushguard.settings import Settings, secret_from_env
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float = 15.0
+    rate: float | None = None
+    concurrency: int = 100
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    base: float = 1.0
+    cap: float = 3600.0
+    retry_after_cap: float = 3600.0
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    window: int = 20
+    min_calls: int = 5
+    failure_ratio: float = 0.5
+    consecutive: int = 5
+    open_seconds: float = 5.0
+    max_open_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    channels: Mapping[str, tuple[str, ...]]
+    providers: Mapping[str, ProviderConfig]
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    source: str = "<defaults>"
+
+    def providers_for(self, channel: str) -> list[ProviderConfig]:
+        return [self.providers[name] for name in self.channels.get(channel, ())]
+
+
+def default_config(settings: Settings) -> Config:
+    return Config(
+        channels={"webhook": ("webhook",)},
+        providers={
+            "webhook": ProviderConfig(
+                name="webhook", type="webhook", options={"secret": "env:PUSHGUARD_WEBHOOK_SECRET"}
+            )
+        },
+    )
+
+
+def load(settings: Settings) -> Config:
+    """The configuration in force: the file named by settings, or the defaults."""
+    config, problems = _load(settings)
+    if problems:
+        raise problems[0]
+    return config
+
+
+def check(settings: Settings) -> tuple[Config | None, list[ConfigError]]:
+    """Every problem of the configuration, each with its location."""
+    config, problems = _load(settings)
+    if config is not None:
+        problems.extend(_check_references(config))
+    return (config if not problems else None), problems
+
+
+def resolve(value: Any, *, location: str) -> Any:
+    """Replace an ``env:NAME`` reference with the variable's value."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        found = secret_from_env(name)
+        if found is None:
+            raise ConfigError(f"environment variable {name} is not set", location=location)
+        return found
+    if isinstance(value, Mapping):
+        return {k: resolve(v, location=f"{location}.{k}") for k, v in value.items()}
+    return value
+
+
+def _load(settings: Settings) -> tuple[Config, list[ConfigError]]:
+    path = settings.config_path
+    if path is None:
+        return default_config(settings), []
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return default_config(settings), [ConfigError("file not found", location=str(path))]
+    except tomllib.TOMLDecodeError as exc:
+        return default_config(settings), [ConfigError(f"not valid TOML: {exc}", location=str(path))]
+    return _parse(data, str(path))
+
+
+_PROVIDER_KEYS = {"type", "timeout", "rate", "concurrency"}
+
+
+def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigError]]:
+    problems: list[ConfigError] = []
+    known = {"channels", "providers", "retry", "breaker"}
+    for key in data:
+        if key not in known:
+            problems.append(ConfigError(f"unknown section [{key}]", location=f"{source}:{key}"))
+
+    providers: dict[str, ProviderConfig] = {}
+    for name, raw in dict(data.get("providers", {})).items():
+        loc = f"{source}:providers.{name}"
+        if not isinstance(raw, Mapping):
+            problems.append(ConfigError("must be a table", location=loc))
+            continue
+        ptype = raw.get("type")
+        if not isinstance(ptype, str):
+            problems.append(ConfigError("'type' is required (e.g. \"webhook\")", location=loc))
+            continue
+        try:
+            providers[name] = ProviderConfig(
+                name=name,
+                type=ptype,
+                options={k: v for k, v in raw.items() if k not in _PROVIDER_KEYS},
+                timeout=_number(raw, "timeout", 15.0, loc, minimum=0.1),
+                rate=_number(raw, "rate", None, loc, minimum=0.001),
+                concurrency=int(_number(raw, "concurrency", 100, loc, minimum=1) or 100),
+            )
+        except ConfigError as exc:
+            problems.append(exc)
+
+    channels: dict[str, tuple[str, ...]] = {}
+    for channel, raw in dict(data.get("channels", {})).items():
+        loc = f"{source}:channels.{channel}"
+        names = raw.get("providers") if isinstance(raw, Mapping) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            problems.append(
+                ConfigError("'providers' must be a non-empty list of provider names", location=loc)
+            )
+            continue
+        channels[channel] = tuple(names)
+    if not channels and not problems:
+        channels = {"webhook": ("webhook",)}
+        providers.setdefault(
+            "webhook",
+            ProviderConfig("webhook", "webhook", {"secret": "env:PUSHGUARD_WEBHOOK_SECRET"}),
+        )
+
+    retry = RetryConfig()
+    if "retry" in data:
+        loc = f"{source}:retry"
+        try:
+            r = data["retry"]
+            retry = RetryConfig(
+                base=_number(r, "base", 1.0, loc, minimum=0.0) or 0.0,
+                cap=_number(r, "cap", 3600.0, loc, minimum=0.0) or 0.0,
+                retry_after_cap=_number(r, "retry_after_cap", 3600.0, loc, minimum=0.0) or 0.0,
+            )
+        except ConfigError as exc:
+            problems.append(exc)
+    breaker = BreakerConfig()
+    if "breaker" in data:
+        loc = f"{source}:breaker"
+        try:
+            b = data["breaker"]
+            breaker = BreakerConfig(
+                window=int(_number(b, "window", 20, loc, minimum=1) or 20),
+                min_calls=int(_number(b, "min_calls", 5, loc, minimum=1) or 5),
+                failure_ratio=_number(b, "failure_ratio", 0.5, loc, minimum=0.0) or 0.5,
+                consecutive=int(_number(b, "consecutive", 5, loc, minimum=1) or 5),
+                open_seconds=_number(b, "open_seconds", 5.0, loc, minimum=0.0) or 0.0,
+                max_open_seconds=_number(b, "max_open_seconds", 120.0, loc, minimum=0.0) or 0.0,
+            )
+        except ConfigError as exc:
+            problems.append(exc)
+    return Config(channels, providers, retry, breaker, source), problems
+
+
+def _number(
+    table: Any, key: str, default: float | None, loc: str, *, minimum: float
+) -> float | None:
+    if not isinstance(table, Mapping) or key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"'{key}' must be a number, got {value!r}", location=f"{loc}.{key}")
+    if value < minimum:
+        raise ConfigError(f"'{key}' must be at least {minimum}", location=f"{loc}.{key}")
+    return float(value)
+
+
+def _check_references(config: Config) -> list[ConfigError]:
+    from pushguard.providers.registry import known_types
+
+    problems: list[ConfigError] = []
+    types = known_types()
+    for channel, names in config.channels.items():
+        for name in names:
+            if name not in config.providers:
+                problems.append(
+                    ConfigError(
+                        f"provider {name!r} is not defined in [providers]",
+                        location=f"{config.source}:channels.{channel}",
+                    )
+                )
+    for name, p in config.providers.items():
+        loc = f"{config.source}:providers.{name}"
+        if p.type not in types:
+            problems.append(
+                ConfigError(
+                    f"unknown provider type {p.type!r}; known: {', '.join(sorted(types))}",
+                    location=f"{loc}.type",
+                )
+            )
+            continue
+        try:
+            resolve(dict(p.options), location=loc)
+        except ConfigError as exc:
+            problems.append(exc)
+        problems.extend(types[p.type].check_options(p, location=loc))
+    return problems

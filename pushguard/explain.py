@@ -1,0 +1,106 @@
+"""The story of one message in plain words: what happened, the verdict, and what to do.
+
+Used by ``pushguard why`` and ``GET /v1/messages/{id}/explain``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pushguard import taxonomy
+from pushguard.models import MessageView
+from pushguard.states import State
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def explain(view: MessageView) -> dict[str, Any]:
+    """A structured explanation: ``verdict``, ``summary``, ``steps``, ``fix``."""
+    steps: list[str] = []
+    for t in view.history:
+        if t.src == State.ACCEPTED.value:
+            steps.append(f"{_clock(t.at)} accepted for {view.channel} {view.to} ({t.reason})")
+            break
+    providers_used: list[str] = []
+    for a in view.attempts:
+        if a.provider not in providers_used and a.provider != "(unknown)":
+            providers_used.append(a.provider)
+        if a.outcome == "delivered":
+            line = f"attempt {a.number} via {a.provider}: delivered"
+            if a.status is not None:
+                line += f" (HTTP {a.status})"
+        elif a.outcome == "lost":
+            line = f"attempt {a.number}: {a.detail}; the lease expired and it was re-queued"
+        else:
+            code = f" [{a.provider_code}]" if a.provider_code else ""
+            line = f"attempt {a.number} via {a.provider}: {a.cause}{code} - {a.detail}"
+            if a.maybe_sent:
+                line += " (the provider may have received it; a retry reuses the same id)"
+        if a.latency_ms is not None:
+            line += f" in {a.latency_ms:.0f} ms"
+        steps.append(f"{_clock(a.at)} {line}")
+    for t in view.history:
+        if t.src == State.SENDING.value and t.dst not in (State.DELIVERED.value,):
+            steps.append(f"{_clock(t.at)} -> {t.dst}: {t.reason}")
+    steps.sort()
+
+    retries = max(0, sum(1 for a in view.attempts if a.outcome != "lost") - 1)
+    failed_over = len(providers_used) > 1
+    state = view.state
+    fix = ""
+    if state is State.DELIVERED:
+        verdict = "delivered"
+        summary = f"Delivered via {view.last_provider}"
+        if retries:
+            summary += f" after {retries} retr{'y' if retries == 1 else 'ies'}"
+        if failed_over:
+            summary += f", failing over across {', '.join(providers_used)}"
+        summary += "."
+    elif state.terminal:
+        verdict = state.value
+        f = view.failure
+        if f is not None:
+            summary = f"{state.value.capitalize()}: {f.explanation}"
+            fix = f.fix
+        else:
+            summary = f"{state.value.capitalize()}."
+    else:
+        verdict = "pending"
+        summary = f"Not finished: {state.value}"
+        if view.failure is not None:
+            summary += f"; last problem: {view.failure.explanation}"
+            fix = view.failure.fix
+        summary += f". Next try at {rfc3339(view.next_at)}; gives up at {rfc3339(view.expires_at)}."
+    cause = view.failure.cause if view.failure and state is not State.DELIVERED else None
+    return {
+        "id": view.id,
+        "state": state.value,
+        "verdict": verdict,
+        "summary": summary,
+        "cause": cause,
+        "transient": taxonomy.get(cause).transient if cause else None,
+        "fix": fix,
+        "retries": retries,
+        "providers": providers_used,
+        "steps": steps,
+    }
+
+
+def as_text(story: dict[str, Any]) -> str:
+    lines = [f"Message {story['id']}: {story['verdict'].upper()}", "", story["summary"]]
+    if story["fix"]:
+        lines += ["", f"What to do: {story['fix']}"]
+    lines += ["", "What happened:"]
+    lines += [f"  {s}" for s in story["steps"]]
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Intake: turn a request into a validated :class:`NewMessage`, or say exactly what is wrong.
+
+Shared by the HTTP API and the CLI, so both refuse the same inputs with the same words. Nothing
+is enqueued unless it is valid; what is valid is committed before anyone is told it was accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from pushguard.addresses import CHANNELS, check_header_value, normalize_address
+from pushguard.config import Config
+from pushguard.exceptions import IdempotencyConflict, InputError
+from pushguard.models import PRIORITIES, Accepted, NewMessage
+from pushguard.providers.registry import provider_class
+from pushguard.settings import Settings
+from pushguard.ssrf import OutboundGuard
+from pushguard.store.base import Store
+
+MAX_SEND_AHEAD = 366 * 86400
+
+
+class MessageIn(BaseModel):
+    """One message as a client sends it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    channel: str = Field(max_length=32, description="webhook, email, sms, fcm, apns, webpush, chat")
+    to: str = Field(min_length=1, max_length=8192, description="the address on that channel")
+    content: dict[str, Any] = Field(description="channel-specific content (a JSON object)")
+    topic: str | None = Field(
+        default=None, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="what the message is about (consent and frequency rules use it)",
+    )
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    priority: Literal["high", "normal", "bulk"] = "normal"
+    send_at: AwareDatetime | None = Field(default=None, description="RFC 3339 time to send at")
+    ttl: int | None = Field(default=None, ge=1, description="seconds the message may wait")
+
+
+def request_hash(item: MessageIn) -> str:
+    """A fingerprint of what was asked, idempotency key excluded."""
+    body = item.model_dump(mode="json", exclude={"idempotency_key"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def problem_text(err: Mapping[str, Any]) -> str:
+    """One pydantic error in words a person can act on."""
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "is required"
+    if kind == "literal_error":
+        return f"must be one of: {', '.join(PRIORITIES)}"
+    if kind == "timezone_aware":
+        return "must be an RFC 3339 time with a timezone, e.g. 2026-01-31T09:00:00Z"
+    if kind in ("dict_type", "model_attributes_type", "model_type"):
+        return "must be a JSON object"
+    msg = str(err.get("msg") or "is invalid")
+    return msg[0].lower() + msg[1:]
+
+
+def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[InputError]:
+    """Pydantic's errors as ``(field, problem)`` pairs."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if p != "body")
+        field = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "body")
+        out.append(InputError(field, problem_text(err)))
+    return out
+
+
+class Intake:
+    def __init__(
+        self, store: Store, config: Config, guard: OutboundGuard, settings: Settings
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.guard = guard
+        self.settings = settings
+
+    def parse(self, raw: Any, *, prefix: str = "") -> MessageIn:
+        if not isinstance(raw, dict):
+            raise InputError(prefix.rstrip(".") or "body", "must be a JSON object")
+        try:
+            return MessageIn.model_validate(raw)
+        except ValidationError as exc:
+            problems = pydantic_problems(exc, prefix)
+            raise problems[0] from exc
+
+    def prepare(
+        self, item: MessageIn, *, header_key: str | None = None, prefix: str = ""
+    ) -> NewMessage:
+        """Validate one message; raise ``InputError`` naming the field and the problem."""
+        def f(name: str) -> str:
+            return prefix + name
+
+        if item.channel not in CHANNELS:
+            raise InputError(
+                f("channel"),
+                f"unknown channel {item.channel!r}; expected one of: {', '.join(sorted(CHANNELS))}",
+            )
+        if item.channel not in self.config.channels:
+            raise InputError(
+                f("channel"),
+                f"no provider is configured for channel {item.channel!r} "
+                f"(configured: {', '.join(sorted(self.config.channels))})",
+            )
+        key = item.idempotency_key
+        if header_key is not None:
+            if key is not None and key != header_key:
+                raise InputError(
+                    f("idempotency_key"), "differs from the Idempotency-Key header"
+                )
+            key = header_key
+        if key is not None:
+            check_header_value(key, f("idempotency_key"))
+        to = normalize_address(item.channel, item.to, guard=self.guard, field=f("to"))
+        size = len(json.dumps(item.content, separators=(",", ":")).encode())
+        if size > self.settings.max_content_bytes:
+            raise InputError(
+                f("content"), f"is {size} bytes; the limit is {self.settings.max_content_bytes}"
+            )
+        for pc in self.config.providers_for(item.channel):
+            try:
+                provider_class(pc.type).validate_content(item.channel, item.content)
+            except InputError as exc:
+                raise InputError(f(exc.field), exc.problem) from exc
+        ttl = item.ttl if item.ttl is not None else self.settings.default_ttl
+        if ttl > self.settings.max_ttl:
+            raise InputError(f("ttl"), f"must be at most {self.settings.max_ttl} seconds")
+        send_at = _timestamp(item.send_at)
+        if send_at is not None and send_at > time.time() + MAX_SEND_AHEAD:
+            raise InputError(f("send_at"), "must be within a year from now")
+        return NewMessage(
+            channel=item.channel,
+            to=to,
+            content=item.content,
+            topic=item.topic,
+            priority=PRIORITIES[item.priority],
+            send_at=send_at,
+            ttl=ttl,
+            idempotency_key=key,
+            request_hash=request_hash(item) if key is not None else None,
+        )
+
+    def submit(
+        self, messages: Sequence[NewMessage], *, scope: str
+    ) -> list[Accepted | IdempotencyConflict]:
+        return self.store.enqueue(messages, scope=scope)
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()

@@ -1,0 +1,152 @@
+"""Plain data passed between the edges, the pipeline and the store."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pushguard.states import State
+
+PRIORITIES = {"high": 0, "normal": 1, "bulk": 2}
+PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
+
+
+def new_id(prefix: str = "msg") -> str:
+    """A time-ordered id: 12 hex digits of milliseconds, then 16 random hex digits."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """A validated message, ready to be committed by :meth:`Store.enqueue`."""
+
+    channel: str
+    to: str
+    content: dict[str, Any]
+    topic: str | None = None
+    priority: int = 1
+    send_at: float | None = None
+    ttl: int = 86400
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The result of enqueueing one message: the stored id and state."""
+
+    id: str
+    state: State
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed message: the worker owns it until ``lease_until``."""
+
+    id: str
+    channel: str
+    to: str
+    content: dict[str, Any]
+    topic: str | None
+    priority: int
+    attempts: int
+    prev_state: State
+    created_at: float
+    expires_at: float
+    avoid_provider: str | None = None
+    last_cause: str | None = None
+    #: why the address is on the suppression list, if it is.
+    suppressed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    cause: str
+    transient: bool
+    provider_code: str | None
+    explanation: str
+    fix: str
+    provider: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cause": self.cause,
+            "transient": self.transient,
+            "provider_code": self.provider_code,
+            "explanation": self.explanation,
+            "fix": self.fix,
+            "provider": self.provider,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One call to one provider and what came of it."""
+
+    number: int
+    at: float
+    provider: str
+    outcome: str  # delivered | failed | retry | lost
+    latency_ms: float | None = None
+    status: int | None = None
+    provider_code: str | None = None
+    cause: str | None = None
+    maybe_sent: bool = False
+    detail: str = ""
+    raw: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the pipeline decided for one claimed message, written by :meth:`Store.record`."""
+
+    id: str
+    state: State
+    reason: str
+    attempt: Attempt | None = None
+    next_at: float | None = None
+    failure: Failure | None = None
+    provider: str | None = None
+    avoid_provider: str | None = None
+    provider_message_id: str | None = None
+    #: (channel, address, reason) to put on the suppression list.
+    suppress: tuple[str, str, str] | None = None
+    counts_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    at: float
+    src: str | None
+    dst: str
+    reason: str
+    cause: str | None = None
+
+
+@dataclass(slots=True)
+class MessageView:
+    """Everything known about one message."""
+
+    id: str
+    channel: str
+    to: str
+    content: dict[str, Any]
+    topic: str | None
+    priority: int
+    state: State
+    created_at: float
+    updated_at: float
+    next_at: float
+    expires_at: float
+    attempts_count: int
+    idempotency_key: str | None
+    last_provider: str | None
+    provider_message_id: str | None
+    delivered_at: float | None
+    failure: Failure | None
+    attempts: list[Attempt] = field(default_factory=list)
+    history: list[Transition] = field(default_factory=list)

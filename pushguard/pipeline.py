@@ -1,0 +1,199 @@
+"""The delivery pipeline: one claimed message in, one :class:`Outcome` out.
+
+It routes the message to a provider, calls it, and turns the answer into the next state using
+only the failure's cause (taxonomy), the retry policy and the router's view of provider health.
+It writes nothing itself: the worker records outcomes in batches.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from pushguard import taxonomy
+from pushguard.exceptions import DeliveryError
+from pushguard.metrics import Metrics
+from pushguard.models import Attempt, Failure, Job, Outcome
+from pushguard.circuit import Breaker
+from pushguard.providers.base import Delivery, Provider
+from pushguard.retry import RetryPolicy, Verdict
+from pushguard.routing import Router
+from pushguard.states import State
+from pushguard.taxonomy import Action
+
+#: rate limits at these scopes concern one recipient, not the provider's health.
+RECIPIENT_SCOPES = frozenset({"recipient", "device", "topic", "domain"})
+
+_VERDICT_STATE = {
+    Verdict.RETRY: State.RETRY_SCHEDULED,
+    Verdict.FAIL: State.FAILED,
+    Verdict.SUPPRESS: State.FAILED,
+    Verdict.SKIP: State.SUPPRESSED,
+    Verdict.DEAD: State.DEAD,
+    Verdict.EXPIRE: State.EXPIRED,
+}
+
+
+def failure_of(
+    cause: taxonomy.Cause, *, provider: str | None, detail: str, code: str | None = None
+) -> Failure:
+    explanation, fix = taxonomy.describe(cause, provider=provider or "", detail=detail)
+    return Failure(cause.name, cause.transient, code, explanation, fix, provider)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        router: Router,
+        policy: RetryPolicy,
+        *,
+        metrics: Metrics | None = None,
+        log: Any = None,
+    ) -> None:
+        self.router = router
+        self.policy = policy
+        self.metrics = metrics or Metrics()
+        self.log = log or structlog.get_logger("pushguard.pipeline")
+
+    async def process(self, job: Job) -> Outcome:
+        outcome = await self._process(job)
+        self._count(job, outcome)
+        return outcome
+
+    async def _process(self, job: Job) -> Outcome:
+        now = time.time()
+        if job.suppressed:
+            return Outcome(
+                job.id, State.SUPPRESSED, f"not sent: {job.suppressed}",
+                failure=failure_of(taxonomy.POLICY_SUPPRESSED, provider=None,
+                                   detail=job.suppressed),
+            )
+        if now >= job.expires_at:
+            return self._expired(job, job.last_cause)
+        delivery = Delivery(
+            message_id=job.id, channel=job.channel, to=job.to, content=job.content,
+            topic=job.topic, attempt=job.attempts + 1, priority=job.priority,
+            expires_at=job.expires_at,
+        )
+        if not self.router.providers(job.channel):
+            return self._hold_unrouted(job, now)
+        chosen = self.router.choose(delivery, avoid=job.avoid_provider)
+        if chosen is None:
+            wait = self.router.wait_seconds(delivery)
+            if now + wait >= job.expires_at:
+                return self._expired(job, job.last_cause)
+            return Outcome(
+                job.id, State.RETRY_SCHEDULED,
+                f"every provider for {job.channel} has an open circuit; waiting {wait:.1f} s",
+                next_at=now + wait, avoid_provider=job.avoid_provider,
+            )
+        provider, breaker = chosen
+        started = time.perf_counter()
+        try:
+            receipt = await provider.send(delivery)
+        except DeliveryError as exc:
+            error = exc
+        except Exception as exc:  # a bug in a provider must not lose the message
+            self.log.exception("provider_crashed", message_id=job.id, provider=provider.name)
+            error = DeliveryError(taxonomy.INTERNAL_CRASH, f"{type(exc).__name__}: {exc}")
+        else:
+            latency = time.perf_counter() - started
+            breaker.success()
+            self.metrics.latency.labels(provider.name).observe(latency)
+            via = f" via {provider.name}"
+            if job.avoid_provider and job.avoid_provider != provider.name:
+                via += f" (failed over from {job.avoid_provider})"
+            return Outcome(
+                job.id, State.DELIVERED, f"delivered{via}",
+                attempt=Attempt(
+                    delivery.attempt, now, provider.name, "delivered", latency * 1000,
+                    receipt.status, None, None, False, receipt.detail,
+                ),
+                provider=provider.name, provider_message_id=receipt.provider_message_id,
+            )
+        latency = time.perf_counter() - started
+        self.metrics.latency.labels(provider.name).observe(latency)
+        return self._failed(job, delivery, provider, breaker, error, now, latency)
+
+    def _failed(
+        self, job: Job, delivery: Delivery, provider: Provider, breaker: Breaker,
+        error: DeliveryError, now: float, latency: float,
+    ) -> Outcome:
+        cause = error.cause
+        provider_name = provider.name
+        if cause.action is Action.HOLD:
+            breaker.failure(pause=cause.min_delay)
+        elif cause.trips_breaker and error.scope not in RECIPIENT_SCOPES:
+            pause = error.retry_after if cause is taxonomy.RATE_LIMITED else None
+            breaker.failure(pause=pause)
+        elif cause is taxonomy.INTERNAL_CRASH:
+            breaker.release()
+        else:
+            breaker.success()  # the provider answered sensibly about this one message
+        can_failover = self.router.can_fail_over(delivery, provider)
+        decision = self.policy.decide(
+            cause, attempts=delivery.attempt, now=now, expires_at=job.expires_at,
+            retry_after=error.retry_after, failover=can_failover, suppress=error.suppress,
+        )
+        failure = failure_of(cause, provider=provider_name, detail=error.detail,
+                             code=error.provider_code)
+        attempt = Attempt(
+            delivery.attempt, now, provider_name,
+            "retry" if decision.verdict is Verdict.RETRY else "failed",
+            latency * 1000, error.status, error.provider_code, cause.name, error.maybe_sent,
+            error.detail, (error.raw or "")[:2048] or None,
+        )
+        if decision.verdict is Verdict.EXPIRE:
+            out = self._expired(job, cause.name, detail=error.detail, code=error.provider_code)
+            out.attempt, out.provider = attempt, provider_name
+            return out
+        self.log.info(
+            "attempt_failed", message_id=job.id, provider=provider_name, cause=cause.name,
+            code=error.provider_code, verdict=decision.verdict.value,
+        )
+        failover = decision.verdict is Verdict.RETRY and cause.provider_scoped and can_failover
+        return Outcome(
+            job.id, _VERDICT_STATE[decision.verdict], decision.reason,
+            attempt=attempt, next_at=decision.at, failure=failure, provider=provider_name,
+            avoid_provider=provider_name if failover else None,
+            suppress=(job.channel, job.to, cause.name)
+            if decision.verdict is Verdict.SUPPRESS else None,
+        )
+
+    def _expired(
+        self, job: Job, last_cause: str | None, *, detail: str = "", code: str | None = None
+    ) -> Outcome:
+        last = last_cause or "none recorded"
+        text = f"TTL ended; last cause {last}" + (f": {detail}" if detail else "")
+        return Outcome(
+            job.id, State.EXPIRED, text,
+            failure=failure_of(taxonomy.EXPIRED, provider=None, detail=text, code=code),
+        )
+
+    def _hold_unrouted(self, job: Job, now: float) -> Outcome:
+        cause = taxonomy.SENDER_CONFIG
+        detail = f"no provider is configured for channel {job.channel!r}"
+        at = now + cause.min_delay
+        if at >= job.expires_at:
+            return self._expired(job, cause.name, detail=detail)
+        return Outcome(
+            job.id, State.RETRY_SCHEDULED, f"held: {detail}", next_at=at,
+            failure=failure_of(cause, provider=None, detail=detail), counts_attempt=False,
+        )
+
+    def _count(self, job: Job, outcome: Outcome) -> None:
+        m = self.metrics
+        provider = outcome.provider or ""
+        if outcome.state is State.DELIVERED:
+            m.delivered.labels(job.channel, provider).inc()
+        elif outcome.attempt is not None and outcome.attempt.cause:
+            m.failures.labels(job.channel, provider, outcome.attempt.cause).inc()
+        if outcome.state is State.RETRY_SCHEDULED and outcome.failure is not None:
+            m.retries.labels(job.channel, outcome.failure.cause).inc()
+        if outcome.avoid_provider:
+            m.failovers.labels(job.channel, outcome.avoid_provider).inc()
+        if outcome.state.terminal:
+            cause = outcome.failure.cause if outcome.failure else ""
+            m.finished.labels(job.channel, outcome.state.value, cause).inc()

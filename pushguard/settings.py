@@ -1,0 +1,92 @@
+"""Settings from the environment: the only module that reads ``PUSHGUARD_*`` variables.
+
+Everything else receives a :class:`Settings` object (constructor injection), so tests build
+one with other values instead of patching the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pushguard.exceptions import ConfigError
+
+PREFIX = "PUSHGUARD_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings. Each field ``x`` is read from ``PUSHGUARD_X``."""
+
+    database_url: str = "sqlite:///./pushguard.db"
+    #: path of pushguard.toml; when unset, ``./pushguard.toml`` is used if it exists.
+    config: str = ""
+    #: the Standard Webhooks signing secret (``whsec_...``) of the ``webhook`` provider.
+    webhook_secret: str = field(default="", repr=False)
+    #: comma-separated hosts, IPs or CIDRs that the SSRF guard lets through.
+    outbound_allow: str = ""
+    log_level: str = "INFO"
+    #: ``json`` (default, for machines) or ``console`` (for people).
+    log_format: str = "json"
+    #: requests with larger bodies get 413 before they are parsed.
+    max_body_bytes: int = 5 * 1024 * 1024
+    #: serialized ``content`` larger than this is refused at intake.
+    max_content_bytes: int = 64 * 1024
+    default_ttl: int = 86400
+    max_ttl: int = 30 * 86400
+    worker_concurrency: int = 200
+    worker_batch: int = 200
+    lease_seconds: float = 60.0
+    poll_interval: float = 0.2
+    #: secret that signs links pushguard generates (unsubscribe, confirmation); random if unset.
+    signing_key: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def config_path(self) -> Path | None:
+        if self.config:
+            return Path(self.config)
+        default = Path("pushguard.toml")
+        return default if default.exists() else None
+
+    @property
+    def outbound_allow_list(self) -> list[str]:
+        return [part.strip() for part in self.outbound_allow.split(",") if part.strip()]
+
+
+def _coerce(name: str, type_: Any, raw: str) -> Any:
+    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"expected a {kind}, got {raw!r}", location=PREFIX + name.upper()
+        ) from exc
+    return raw
+
+
+def secret_from_env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of the environment variable a config file refers to with ``env:NAME``."""
+    env = os.environ if environ is None else environ
+    return env.get(name)

@@ -1,0 +1,105 @@
+"""The store interface: the durable queue and everything recorded about messages.
+
+Every method is synchronous and does one transaction over a whole batch; the async worker
+calls it from one dedicated thread, once per batch, never once per message.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pushguard.exceptions import IdempotencyConflict
+from pushguard.models import Accepted, Job, MessageView, NewMessage, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    by_state: dict[str, int]
+    #: seconds since the most overdue ready message became due (0 when none is due).
+    oldest_due_age: float
+    suppressions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    channel: str
+    address: str
+    reason: str
+    source: str
+    created_at: float
+
+
+class Store(ABC):
+    """What the pipeline and the edges need from a database."""
+
+    @abstractmethod
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration."""
+
+    @abstractmethod
+    def schema_is_current(self) -> bool: ...
+
+    @abstractmethod
+    def ping(self) -> None: ...
+
+    @abstractmethod
+    def enqueue(
+        self, items: Sequence[NewMessage], *, scope: str
+    ) -> list[Accepted | IdempotencyConflict]:
+        """Commit new messages; replay or refuse those whose idempotency key was seen."""
+
+    @abstractmethod
+    def claim(self, owner: str, limit: int, lease: float) -> list[Job]:
+        """Lease up to ``limit`` due messages, highest priority and most overdue first."""
+
+    @abstractmethod
+    def reap(self, limit: int = 1000) -> int:
+        """Return messages whose lease expired (their worker died) to the queue."""
+
+    @abstractmethod
+    def record(self, owner: str, outcomes: Sequence[Outcome]) -> int:
+        """Write the outcomes of leased messages; returns how many were still ours."""
+
+    @abstractmethod
+    def get(self, message_id: str) -> MessageView | None: ...
+
+    @abstractmethod
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        cause: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        before: float | None = None,
+    ) -> list[MessageView]: ...
+
+    @abstractmethod
+    def stats(self) -> QueueStats: ...
+
+    @abstractmethod
+    def suppress(self, channel: str, address: str, reason: str, source: str) -> None: ...
+
+    @abstractmethod
+    def unsuppress(self, channel: str, address: str) -> bool: ...
+
+    @abstractmethod
+    def suppressions(self, limit: int = 100) -> list[Suppression]: ...
+
+    @abstractmethod
+    def create_api_key(self, name: str) -> tuple[str, str]:
+        """A new key: ``(key id, plaintext key)``. Only its SHA-256 is stored."""
+
+    @abstractmethod
+    def api_key_id(self, key_hash: str) -> str | None: ...
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str) -> bool: ...
+
+    @abstractmethod
+    def api_keys(self) -> list[dict[str, object]]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,583 @@
+"""The SQL store: SQLite (embedded default) and PostgreSQL, one implementation.
+
+SQLite: WAL journal, ``synchronous=FULL`` (a commit survives power loss), and every write
+transaction starts with ``BEGIN IMMEDIATE`` so writers queue on the busy timeout instead of
+failing on a lock upgrade; reads use a second engine with deferred transactions.
+PostgreSQL: claims take rows ``FOR UPDATE SKIP LOCKED``, so any number of workers on any number
+of machines share the queue without waiting on each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from pushguard import taxonomy
+from pushguard.exceptions import IdempotencyConflict, StoreError
+from pushguard.models import (
+    Accepted,
+    Attempt,
+    Failure,
+    Job,
+    MessageView,
+    NewMessage,
+    Outcome,
+    Transition,
+    new_id,
+)
+from pushguard.states import State
+from pushguard.store.base import QueueStats, Store, Suppression
+from pushguard.store.schema import READY_STATES, api_keys, attempts, events, messages, suppressions
+
+_IN_CHUNK = 500
+
+
+def normalize_url(url: str) -> str:
+    """Pick our drivers: ``postgresql://`` means psycopg 3."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class SQLStore(Store):
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        try:
+            if self.dialect == "sqlite":
+                self._writer = self._sqlite_engine(immediate=True, echo=echo)
+                self._reader = self._sqlite_engine(immediate=False, echo=echo)
+            else:
+                self._writer = create_engine(
+                    self.url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5
+                )
+                self._reader = self._writer
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open database {parsed!r}: {exc}") from exc
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _sqlite_engine(self, *, immediate: bool, echo: bool) -> Engine:
+        db = make_url(self.url).database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            self.url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except OperationalError as exc:
+            raise StoreError(f"database write failed: {exc.orig}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._reader.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database read failed: {exc.orig}") from exc
+
+    def _insert_ignore(self, table: Any) -> Any:
+        if self.dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def close(self) -> None:
+        self._writer.dispose()
+        if self._reader is not self._writer:
+            self._reader.dispose()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        from pushguard.store import migrations
+
+        with self._write() as conn:
+            migrations.upgrade(conn)
+
+    def schema_is_current(self) -> bool:
+        from pushguard.store import migrations
+
+        with self._read() as conn:
+            return migrations.is_current(conn)
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- intake -----------------------------------------------------------------------------
+
+    def enqueue(
+        self, items: Sequence[NewMessage], *, scope: str
+    ) -> list[Accepted | IdempotencyConflict]:
+        for attempt in range(3):
+            try:
+                return self._enqueue(items, scope)
+            except IntegrityError as exc:
+                # A concurrent request committed the same idempotency key first: look again,
+                # and this time we will find it and replay its answer.
+                if attempt == 2:
+                    raise StoreError(f"enqueue kept conflicting: {exc.orig}") from exc
+        raise AssertionError("unreachable")
+
+    def _enqueue(
+        self, items: Sequence[NewMessage], scope: str
+    ) -> list[Accepted | IdempotencyConflict]:
+        now = time.time()
+        results: list[Accepted | IdempotencyConflict | None] = [None] * len(items)
+        with self._write() as conn:
+            seen = self._existing_keys(conn, scope, [m.idempotency_key for m in items])
+            blocked = self._suppressed(conn, [(m.channel, m.to) for m in items])
+            rows: list[dict[str, Any]] = []
+            evs: list[dict[str, Any]] = []
+            for i, m in enumerate(items):
+                if m.idempotency_key is not None:
+                    prior = seen.get(m.idempotency_key)
+                    if prior is not None:
+                        pid, phash, pstate = prior
+                        results[i] = (
+                            Accepted(pid, State(pstate), replayed=True)
+                            if phash == m.request_hash
+                            else IdempotencyConflict(m.idempotency_key)
+                        )
+                        continue
+                why = blocked.get((m.channel, m.to))
+                state = State.SUPPRESSED if why else State.QUEUED
+                seen[m.idempotency_key or f"\0{i}"] = (m.id, m.request_hash, state.value)
+                due = m.send_at if m.send_at is not None else now
+                failure = None
+                if why:
+                    expl, fix = taxonomy.describe(taxonomy.POLICY_SUPPRESSED, detail=why)
+                    failure = json.dumps(
+                        Failure("POLICY_SUPPRESSED", False, None, expl, fix).as_dict()
+                    )
+                rows.append(
+                    {
+                        "id": m.id,
+                        "channel": m.channel,
+                        "to_addr": m.to,
+                        "content": json.dumps(m.content, separators=(",", ":")),
+                        "topic": m.topic,
+                        "priority": m.priority,
+                        "state": state.value,
+                        "accepted_state": state.value,
+                        "created_at": now,
+                        "updated_at": now,
+                        "next_at": due,
+                        "expires_at": max(due, now) + m.ttl,
+                        "attempts": 0,
+                        "lost_leases": 0,
+                        "idem_scope": scope if m.idempotency_key else None,
+                        "idem_key": m.idempotency_key,
+                        "request_hash": m.request_hash,
+                        "last_cause": "POLICY_SUPPRESSED" if why else None,
+                        "failure": failure,
+                    }
+                )
+                reason = f"accepted; suppressed: {why}" if why else (
+                    "accepted; scheduled" if m.send_at and m.send_at > now else "accepted"
+                )
+                evs.append(
+                    {"message_id": m.id, "at": now, "src": State.ACCEPTED.value,
+                     "dst": state.value, "reason": reason,
+                     "cause": "POLICY_SUPPRESSED" if why else None}
+                )
+                results[i] = Accepted(m.id, state)
+            if rows:
+                conn.execute(insert(messages), rows)
+                conn.execute(insert(events), evs)
+        return [r for r in results if r is not None]
+
+    def _existing_keys(
+        self, conn: Connection, scope: str, keys: Sequence[str | None]
+    ) -> dict[str, tuple[str, str | None, str]]:
+        wanted = sorted({k for k in keys if k is not None})
+        found: dict[str, tuple[str, str | None, str]] = {}
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i : i + _IN_CHUNK]
+            q = select(
+                messages.c.idem_key, messages.c.id, messages.c.request_hash,
+                messages.c.accepted_state,
+            ).where(messages.c.idem_scope == scope, messages.c.idem_key.in_(chunk))
+            for key, mid, rhash, st in conn.execute(q):
+                found[key] = (mid, rhash, st)
+        return found
+
+    def _suppressed(
+        self, conn: Connection, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        addresses = sorted({a for _, a in pairs})
+        out: dict[tuple[str, str], str] = {}
+        for i in range(0, len(addresses), _IN_CHUNK):
+            q = select(suppressions.c.channel, suppressions.c.address, suppressions.c.reason,
+                       suppressions.c.source).where(
+                suppressions.c.address.in_(addresses[i : i + _IN_CHUNK])
+            )
+            for ch, addr, reason, source in conn.execute(q):
+                out[(ch, addr)] = f"{addr} is on the {ch} suppression list ({reason}, {source})"
+        return out
+
+    # -- the queue --------------------------------------------------------------------------
+
+    _JOB_COLS = (
+        messages.c.id, messages.c.channel, messages.c.to_addr, messages.c.content,
+        messages.c.topic, messages.c.priority, messages.c.attempts, messages.c.state,
+        messages.c.created_at, messages.c.expires_at, messages.c.avoid_provider,
+        messages.c.last_cause,
+    )
+
+    def claim(self, owner: str, limit: int, lease: float) -> list[Job]:
+        now = time.time()
+        with self._write() as conn:
+            rows: list[Any] = []
+            for priority in (0, 1, 2):
+                need = limit - len(rows)
+                if need <= 0:
+                    break
+                q = (
+                    select(*self._JOB_COLS)
+                    .where(
+                        messages.c.state.in_(READY_STATES),
+                        messages.c.priority == priority,
+                        messages.c.next_at <= now,
+                    )
+                    .order_by(messages.c.next_at)
+                    .limit(need)
+                )
+                if self.dialect == "postgresql":
+                    q = q.with_for_update(skip_locked=True)
+                rows.extend(conn.execute(q).all())
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            for i in range(0, len(ids), _IN_CHUNK):
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(ids[i : i + _IN_CHUNK]))
+                    .values(state=State.SENDING.value, lease_owner=owner,
+                            lease_until=now + lease, updated_at=now)
+                )
+            conn.execute(
+                insert(events),
+                [{"message_id": r.id, "at": now, "src": r.state, "dst": State.SENDING.value,
+                  "reason": f"claimed by {owner}", "cause": None} for r in rows],
+            )
+            blocked = self._suppressed(conn, [(r.channel, r.to_addr) for r in rows])
+        return [
+            Job(
+                id=r.id, channel=r.channel, to=r.to_addr, content=json.loads(r.content),
+                topic=r.topic, priority=r.priority, attempts=r.attempts,
+                prev_state=State(r.state), created_at=r.created_at, expires_at=r.expires_at,
+                avoid_provider=r.avoid_provider, last_cause=r.last_cause,
+                suppressed=blocked.get((r.channel, r.to_addr)),
+            )
+            for r in rows
+        ]
+
+    def reap(self, limit: int = 1000) -> int:
+        now = time.time()
+        crash = taxonomy.INTERNAL_CRASH
+        with self._write() as conn:
+            q = (
+                select(messages.c.id, messages.c.attempts, messages.c.lost_leases,
+                       messages.c.lease_owner)
+                .where(messages.c.state == State.SENDING.value, messages.c.lease_until < now)
+                .limit(limit)
+            )
+            if self.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = conn.execute(q).all()
+            if not rows:
+                return 0
+            ups, atts, evs = [], [], []
+            for r in rows:
+                lost = r.lost_leases + 1
+                dead = lost >= crash.max_attempts
+                detail = f"worker {r.lease_owner} stopped while holding the message"
+                expl, fix = taxonomy.describe(crash, detail=detail)
+                dst = State.DEAD if dead else State.RETRY_SCHEDULED
+                ups.append({
+                    "b_id": r.id, "b_state": dst.value, "b_lost": lost, "b_now": now,
+                    "b_failure": json.dumps(Failure(crash.name, True, None, expl, fix).as_dict()),
+                })
+                atts.append({
+                    "message_id": r.id, "number": r.attempts + 1, "at": now,
+                    "provider": "(unknown)", "outcome": "lost", "cause": crash.name,
+                    "maybe_sent": True, "detail": detail,
+                })
+                evs.append({"message_id": r.id, "at": now, "src": State.SENDING.value,
+                            "dst": dst.value, "reason": f"lease expired: {detail}",
+                            "cause": crash.name})
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"),
+                       messages.c.state == State.SENDING.value)
+                .values(state=bindparam("b_state"), lost_leases=bindparam("b_lost"),
+                        attempts=messages.c.attempts + 1, next_at=bindparam("b_now"),
+                        updated_at=bindparam("b_now"), lease_owner=None, lease_until=None,
+                        last_cause=crash.name, failure=bindparam("b_failure")),
+                ups,
+            )
+            conn.execute(insert(attempts), atts)
+            conn.execute(insert(events), evs)
+        return len(rows)
+
+    def record(self, owner: str, outcomes: Sequence[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        now = time.time()
+        ups, atts, evs, sups = [], [], [], []
+        for o in outcomes:
+            ups.append({
+                "b_id": o.id, "b_owner": owner, "b_state": o.state.value, "b_now": now,
+                "b_next": o.next_at, "b_inc": 1 if (o.attempt and o.counts_attempt) else 0,
+                "b_provider": o.provider, "b_avoid": o.avoid_provider,
+                "b_cause": o.failure.cause if o.failure else None,
+                "b_failure": json.dumps(o.failure.as_dict()) if o.failure else None,
+                "b_delivered": now if o.state is State.DELIVERED else None,
+                "b_pmid": o.provider_message_id,
+            })
+            if o.attempt is not None:
+                a = o.attempt
+                atts.append({
+                    "message_id": o.id, "number": a.number, "at": a.at, "provider": a.provider,
+                    "outcome": a.outcome, "latency_ms": a.latency_ms, "status": a.status,
+                    "provider_code": a.provider_code, "cause": a.cause,
+                    "maybe_sent": a.maybe_sent, "detail": a.detail, "raw": a.raw,
+                })
+            evs.append({"message_id": o.id, "at": now, "src": State.SENDING.value,
+                        "dst": o.state.value, "reason": o.reason,
+                        "cause": o.failure.cause if o.failure else None})
+            if o.suppress is not None:
+                ch, addr, reason = o.suppress
+                sups.append({"channel": ch, "address": addr, "reason": reason,
+                             "source": f"message {o.id}", "created_at": now})
+        stmt = (
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"),
+                   messages.c.lease_owner == bindparam("b_owner"),
+                   messages.c.state == State.SENDING.value)
+            .values(
+                state=bindparam("b_state"),
+                updated_at=bindparam("b_now"),
+                next_at=func.coalesce(bindparam("b_next", type_=Float), messages.c.next_at),
+                attempts=messages.c.attempts + bindparam("b_inc", type_=Integer),
+                lease_owner=None,
+                lease_until=None,
+                last_provider=func.coalesce(bindparam("b_provider", type_=String),
+                                            messages.c.last_provider),
+                avoid_provider=bindparam("b_avoid", type_=String),
+                last_cause=func.coalesce(bindparam("b_cause", type_=String),
+                                         messages.c.last_cause),
+                failure=func.coalesce(bindparam("b_failure", type_=Text), messages.c.failure),
+                delivered_at=bindparam("b_delivered", type_=Float),
+                provider_message_id=func.coalesce(bindparam("b_pmid", type_=String),
+                                                  messages.c.provider_message_id),
+            )
+        )
+        with self._write() as conn:
+            result = conn.execute(stmt, ups)
+            if atts:
+                conn.execute(insert(attempts), atts)
+            conn.execute(insert(events), evs)
+            if sups:
+                conn.execute(self._insert_ignore(suppressions), sups)
+        return int(result.rowcount) if result.rowcount is not None else len(ups)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, message_id: str) -> MessageView | None:
+        with self._read() as conn:
+            row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+            if row is None:
+                return None
+            view = self._view(row)
+            view.attempts = [
+                Attempt(
+                    number=a.number, at=a.at, provider=a.provider, outcome=a.outcome,
+                    latency_ms=a.latency_ms, status=a.status, provider_code=a.provider_code,
+                    cause=a.cause, maybe_sent=bool(a.maybe_sent), detail=a.detail or "",
+                    raw=a.raw,
+                )
+                for a in conn.execute(
+                    select(attempts).where(attempts.c.message_id == message_id)
+                    .order_by(attempts.c.id)
+                )
+            ]
+            view.history = [
+                Transition(at=e.at, src=e.src, dst=e.dst, reason=e.reason, cause=e.cause)
+                for e in conn.execute(
+                    select(events).where(events.c.message_id == message_id).order_by(events.c.id)
+                )
+            ]
+            return view
+
+    @staticmethod
+    def _view(row: Any) -> MessageView:
+        failure = None
+        if row.failure:
+            f = json.loads(row.failure)
+            failure = Failure(f["cause"], f["transient"], f.get("provider_code"),
+                              f["explanation"], f["fix"], f.get("provider"))
+        return MessageView(
+            id=row.id, channel=row.channel, to=row.to_addr, content=json.loads(row.content),
+            topic=row.topic, priority=row.priority, state=State(row.state),
+            created_at=row.created_at, updated_at=row.updated_at, next_at=row.next_at,
+            expires_at=row.expires_at, attempts_count=row.attempts,
+            idempotency_key=row.idem_key, last_provider=row.last_provider,
+            provider_message_id=row.provider_message_id, delivered_at=row.delivered_at,
+            failure=failure if row.state != State.DELIVERED.value else None,
+        )
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        cause: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        before: float | None = None,
+    ) -> list[MessageView]:
+        q = select(messages).order_by(messages.c.created_at.desc()).limit(limit)
+        if state:
+            q = q.where(messages.c.state == state)
+        if cause:
+            q = q.where(messages.c.last_cause == cause)
+        if since is not None:
+            q = q.where(messages.c.created_at >= since)
+        if before is not None:
+            q = q.where(messages.c.created_at < before)
+        with self._read() as conn:
+            return [self._view(r) for r in conn.execute(q)]
+
+    def stats(self) -> QueueStats:
+        now = time.time()
+        with self._read() as conn:
+            counts = {
+                s: n
+                for s, n in conn.execute(
+                    select(messages.c.state, func.count())
+                    .where(messages.c.state.in_((*READY_STATES, State.SENDING.value)))
+                    .group_by(messages.c.state)
+                )
+            }
+            oldest = conn.execute(
+                select(func.min(messages.c.next_at)).where(
+                    messages.c.state.in_(READY_STATES), messages.c.next_at <= now
+                )
+            ).scalar()
+            nsup = conn.execute(select(func.count()).select_from(suppressions)).scalar() or 0
+        return QueueStats(counts, max(0.0, now - oldest) if oldest else 0.0, int(nsup))
+
+    # -- suppression ------------------------------------------------------------------------
+
+    def suppress(self, channel: str, address: str, reason: str, source: str) -> None:
+        with self._write() as conn:
+            conn.execute(self._insert_ignore(suppressions), [{
+                "channel": channel, "address": address, "reason": reason, "source": source,
+                "created_at": time.time(),
+            }])
+
+    def unsuppress(self, channel: str, address: str) -> bool:
+        with self._write() as conn:
+            res = conn.execute(delete(suppressions).where(
+                suppressions.c.channel == channel, suppressions.c.address == address))
+        return bool(res.rowcount)
+
+    def suppressions(self, limit: int = 100) -> list[Suppression]:
+        with self._read() as conn:
+            return [
+                Suppression(r.channel, r.address, r.reason, r.source, r.created_at)
+                for r in conn.execute(
+                    select(suppressions).order_by(suppressions.c.created_at.desc()).limit(limit)
+                )
+            ]
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_api_key(self, name: str) -> tuple[str, str]:
+        key = "pgk_" + secrets.token_urlsafe(32)
+        key_id = new_id("key")
+        with self._write() as conn:
+            conn.execute(insert(api_keys).values(
+                id=key_id, name=name, prefix=key[:10], key_hash=hash_key(key),
+                created_at=time.time(),
+            ))
+        return key_id, key
+
+    def api_key_id(self, key_hash: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(api_keys.c.id, api_keys.c.key_hash).where(
+                    api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
+        return None if row is None else str(row.id)
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with self._write() as conn:
+            res = conn.execute(update(api_keys).where(
+                api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)
+            ).values(revoked_at=time.time()))
+        return bool(res.rowcount)
+
+    def api_keys(self) -> list[dict[str, object]]:
+        with self._read() as conn:
+            return [
+                {"id": r.id, "name": r.name, "prefix": r.prefix, "created_at": r.created_at,
+                 "revoked_at": r.revoked_at}
+                for r in conn.execute(select(api_keys).order_by(api_keys.c.created_at))
+            ]
