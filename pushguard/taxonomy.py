@@ -240,8 +240,8 @@ def classify_http_status(status: int) -> Cause:
     """The default cause of a bare HTTP status, used when a provider says nothing better."""
     if status in (408, 504):
         return NETWORK_TIMEOUT
-    if status in (429, 502):
-        return RATE_LIMITED if status == 429 else PROVIDER_OUTAGE
+    if status == 429:
+        return RATE_LIMITED
     if status in (401, 403):
         return AUTH_CREDENTIALS
     if status in (404, 410):

@@ -10,16 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
-
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from pushguard import taxonomy
 from pushguard.exceptions import DeliveryError, InputError
-
-if TYPE_CHECKING:
-    from pushguard.ssrf import OutboundGuard
+from pushguard.ssrf import GuardedResolver, OutboundGuard, find_refusal
 
 #: provider error bodies are stored for diagnosis, but bounded.
 MAX_RAW = 2048
@@ -68,14 +64,14 @@ class HttpClient:
         self.concurrency = concurrency
         self.provider = provider
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: GuardedResolver | None = None
 
     async def start(self) -> None:
-        from pushguard.ssrf import GuardedResolver
-
         if self._session is None:
+            self._resolver = GuardedResolver(self.guard)
             connector = aiohttp.TCPConnector(
                 limit=self.concurrency,
-                resolver=GuardedResolver(self.guard),
+                resolver=self._resolver,
                 ttl_dns_cache=60,
                 enable_cleanup_closed=True,
             )
@@ -90,6 +86,9 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     async def post(
         self, url: str, *, data: bytes, headers: dict[str, str], max_body: int = 64 * 1024
@@ -123,9 +122,10 @@ class HttpClient:
                 maybe_sent=True,
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, OSError) and "blocked" in str(exc.os_error):
+            refusal = find_refusal(exc)
+            if refusal is not None:
                 raise DeliveryError(
-                    taxonomy.VALIDATION_ERROR, str(exc.os_error), provider_code="SSRF_BLOCKED"
+                    taxonomy.VALIDATION_ERROR, refusal.problem, provider_code="SSRF_BLOCKED"
                 ) from exc
             raise DeliveryError(
                 taxonomy.NETWORK_TIMEOUT,

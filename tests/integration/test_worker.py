@@ -1,0 +1,141 @@
+"""The worker and pipeline end to end on a real store, with in-package fake providers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pushguard.app import App
+from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
+from pushguard.models import NewMessage
+from pushguard.providers.fake import FakeProvider
+from pushguard.settings import Settings
+from pushguard.states import State
+from pushguard.store.sql import SQLStore
+
+
+def make_app(store: SQLStore, providers: dict[str, dict[str, Any]], order: list[str]) -> App:
+    config = Config(
+        channels={"webhook": tuple(order)},
+        providers={n: ProviderConfig(n, "fake", opts) for n, opts in providers.items()},
+        retry=RetryConfig(base=0.01, cap=0.05, retry_after_cap=0.2),
+        breaker=BreakerConfig(consecutive=3, open_seconds=0.3, max_open_seconds=1.0),
+    )
+    return App(settings=Settings(), store=store, config=config)
+
+
+def enqueue(store: SQLStore, addresses: list[str], ttl: int = 3600) -> list[str]:
+    res = store.enqueue(
+        [NewMessage("webhook", a, {"i": i}, ttl=ttl) for i, a in enumerate(addresses)],
+        scope="t",
+    )
+    return [r.id for r in res]  # type: ignore[union-attr]
+
+
+async def run_until_settled(app: App, ids: list[str], *, timeout: float = 20.0,
+                            **kw: float) -> dict[str, Any]:
+    providers = app.build_providers()
+    worker = app.build_worker(providers, poll=0.02, **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        views = [app.store.get(i) for i in ids]
+        if all(v is not None and v.state.terminal for v in views):
+            break
+    stop.set()
+    await task
+    return providers
+
+
+async def test_mixed_outcomes_each_reach_the_right_terminal_state(store: SQLStore) -> None:
+    app = make_app(store, {"fake": {"script": {
+        "ok": ["ok"],
+        "flaky": ["PROVIDER_OUTAGE", "NETWORK_TIMEOUT", "ok"],
+        "gone": ["UNREGISTERED_TOKEN"],
+        "bad": ["CONTENT_REJECTED"],
+        "weird": ["UNKNOWN"],
+    }}}, ["fake"])
+    ids = enqueue(store, ["ok", "flaky", "gone", "bad", "weird"])
+    await run_until_settled(app, ids)
+    views = {v.to: v for v in (store.get(i) for i in ids) if v}
+    assert views["ok"].state is State.DELIVERED and views["ok"].attempts_count == 1
+    assert views["flaky"].state is State.DELIVERED
+    assert [a.cause for a in views["flaky"].attempts] == ["PROVIDER_OUTAGE", "NETWORK_TIMEOUT",
+                                                          None]
+    assert views["gone"].state is State.FAILED
+    assert views["gone"].failure.cause == "UNREGISTERED_TOKEN"  # type: ignore[union-attr]
+    assert views["bad"].state is State.FAILED
+    assert views["weird"].state is State.DEAD  # bounded retries for UNKNOWN
+    assert views["weird"].attempts_count == 3
+    assert [s.address for s in store.suppressions()] == ["gone"]
+    for v in views.values():  # every transition recorded, monotonic to one terminal state
+        assert v.history[0].src == "accepted"
+        assert sum(1 for t in v.history if State(t.dst).terminal) == 1
+
+
+async def test_primary_outage_fails_over_to_backup_and_opens_the_circuit(
+    store: SQLStore,
+) -> None:
+    app = make_app(store, {
+        "primary": {"default": "PROVIDER_OUTAGE"},
+        "backup": {"default": "ok"},
+    }, ["primary", "backup"])
+    ids = enqueue(store, [f"r{i}" for i in range(40)])
+    providers = await run_until_settled(app, ids, concurrency=4, batch=4)
+    views = [store.get(i) for i in ids]
+    assert all(v is not None and v.state is State.DELIVERED for v in views)
+    assert all(v.last_provider == "backup" for v in views if v)
+    primary = providers["primary"]
+    assert isinstance(primary, FakeProvider)
+    # The open circuit kept most messages away from the broken primary.
+    assert len(primary.sent) < 20
+    failed_over = [v for v in views if v and v.attempts[0].provider == "primary"]
+    assert failed_over and all(v.attempts[1].provider == "backup" for v in failed_over)
+
+
+async def test_every_provider_down_means_waiting_not_dropping(store: SQLStore) -> None:
+    app = make_app(store, {"only": {"default": "PROVIDER_OUTAGE"}}, ["only"])
+    ids = enqueue(store, ["a", "b", "c"], ttl=2)
+    await run_until_settled(app, ids, timeout=10)
+    views = [store.get(i) for i in ids]
+    assert all(v is not None and v.state is State.EXPIRED for v in views)
+    for v in views:
+        assert v is not None and v.failure is not None and v.failure.cause == "EXPIRED"
+        assert "PROVIDER_OUTAGE" in v.failure.explanation  # the last cause is carried
+
+
+async def test_rejected_credentials_hold_messages_until_their_ttl(store: SQLStore) -> None:
+    app = make_app(store, {"p": {"default": "AUTH_CREDENTIALS"}}, ["p"])
+    ids = enqueue(store, ["x"], ttl=1)
+    await run_until_settled(app, ids, timeout=10)
+    v = store.get(ids[0])
+    assert v is not None and v.state is State.EXPIRED
+    assert v.attempts and all(a.cause == "AUTH_CREDENTIALS" for a in v.attempts)
+
+
+async def test_stop_drains_in_flight_work(store: SQLStore) -> None:
+    app = make_app(store, {"slow": {"default": "ok", "delay": 0.3}}, ["slow"])
+    ids = enqueue(store, [f"s{i}" for i in range(20)])
+    providers = app.build_providers()
+    worker = app.build_worker(providers, poll=0.02, concurrency=20, batch=20)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.1)  # claimed and in flight
+    stop.set()
+    await task
+    states = {store.get(i).state for i in ids}  # type: ignore[union-attr]
+    assert states == {State.DELIVERED}
+
+
+async def test_high_priority_goes_before_bulk(store: SQLStore) -> None:
+    app = make_app(store, {"p": {"default": "ok"}}, ["p"])
+    bulk = store.enqueue([NewMessage("webhook", f"b{i}", {}, priority=2) for i in range(30)],
+                         scope="t")
+    high = store.enqueue([NewMessage("webhook", "h", {}, priority=0)], scope="t")
+    ids = [r.id for r in bulk + high]  # type: ignore[union-attr]
+    providers = await run_until_settled(app, ids, concurrency=5, batch=5)
+    sent = [d.to for d in providers["p"].sent]  # type: ignore[attr-defined]
+    assert sent[0] == "h"
