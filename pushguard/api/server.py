@@ -48,18 +48,24 @@ class BodyLimit:
         too_big = False
 
         async def limited() -> Message:
+            # Past the limit, end the body early; the app's answer is then replaced by a 413.
             nonlocal seen, too_big
+            if too_big:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     too_big = True
-                    raise _TooLarge
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+        async def guarded_send(message: Message) -> None:
+            if not too_big:
+                await send(message)
+
+        await self.app(scope, limited, guarded_send)
+        if too_big:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -71,10 +77,6 @@ class BodyLimit:
             status_code=413,
         )
         await resp({"type": "http"}, _no_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _no_receive() -> Message:

@@ -1,0 +1,96 @@
+"""A real pushguard API on loopback (uvicorn in a thread), and the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from pushguard.api.server import create_api
+from pushguard.app import App
+from pushguard.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveAPI:
+    url: str
+    key: str
+    app: App
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test process owns signals
+        pass
+
+
+@pytest.fixture
+def live_api(tmp_path: Path, webhook_secret: str) -> Iterator[LiveAPI]:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/api.db", webhook_secret=webhook_secret,
+        outbound_allow="127.0.0.1", max_body_bytes=256 * 1024,
+    )
+    app = App.from_settings(settings)
+    app.store.migrate()
+    _, key = app.store.create_api_key("tests")
+    port = free_port()
+    server = _Server(uvicorn.Config(create_api(app), host="127.0.0.1", port=port,
+                                    log_config=None, access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "API did not start"
+        time.sleep(0.02)
+    yield LiveAPI(f"http://127.0.0.1:{port}", key, app)
+    server.should_exit = True
+    thread.join(10)
+    app.store.close()
+
+
+@dataclass
+class CLI:
+    env: dict[str, str]
+    cwd: Path
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pushguard", *args], env=self.env, cwd=self.cwd,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pushguard {' '.join(args)} -> {proc.returncode}\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture
+def cli(tmp_path: Path, webhook_secret: str) -> CLI:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHGUARD_")}
+    env.update(
+        PUSHGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/cli.db",
+        PUSHGUARD_WEBHOOK_SECRET=webhook_secret,
+        PUSHGUARD_OUTBOUND_ALLOW="127.0.0.1",
+        PUSHGUARD_LOG_FORMAT="json",
+    )
+    return CLI(env, tmp_path)

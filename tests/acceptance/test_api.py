@@ -1,0 +1,173 @@
+"""The HTTP API through a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.acceptance.conftest import LiveAPI
+
+HOOK = "http://127.0.0.1:9/hooks/a"
+
+
+def body(**kw: Any) -> dict[str, Any]:
+    return {"channel": "webhook", "to": HOOK, "content": {"event": "x"}, **kw}
+
+
+def test_send_then_read_back(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        r = c.post("/v1/messages", json=body(topic="orders", priority="high", ttl=600))
+        assert r.status_code == 202, r.text
+        data = r.json()
+        assert set(data) == {"id", "state"} and data["state"] == "queued"
+        got = c.get(f"/v1/messages/{data['id']}").json()
+    assert got["state"] == "queued" and got["priority"] == "high" and got["topic"] == "orders"
+    assert got["attempts"] == [] and got["failure"] is None
+    assert got["history"][0]["from"] == "accepted"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer wrong", "Basic abc", "bearer"])
+def test_every_v1_route_needs_a_valid_key(live_api: LiveAPI, header: str | None) -> None:
+    import httpx
+
+    headers = {} if header is None else {"Authorization": header}
+    with httpx.Client(base_url=live_api.url, headers=headers) as c:
+        for method, path in [("POST", "/v1/messages"), ("GET", "/v1/messages"),
+                             ("GET", "/v1/messages/x"), ("POST", "/v1/messages/batch")]:
+            r = c.request(method, path, json=body())
+            assert r.status_code == 401, (method, path)
+            assert r.json()["error"]["type"] == "unauthorized"
+    assert live_api.app.store.list() == []
+
+
+def test_idempotency_same_body_replays_other_body_conflicts(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        first = c.post("/v1/messages", json=body(), headers={"Idempotency-Key": "order-1"})
+        again = c.post("/v1/messages", json=body(), headers={"Idempotency-Key": "order-1"})
+        in_body = c.post("/v1/messages", json=body(idempotency_key="order-1"))
+        other = c.post("/v1/messages", json=body(content={"event": "y"}),
+                       headers={"Idempotency-Key": "order-1"})
+        mismatch = c.post("/v1/messages", json=body(idempotency_key="a"),
+                          headers={"Idempotency-Key": "b"})
+    assert first.status_code == again.status_code == in_body.status_code == 202
+    assert first.json() == again.json() == in_body.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert other.status_code == 422 and other.json()["error"]["type"] == "idempotency_conflict"
+    assert mismatch.status_code == 422
+    assert len(live_api.app.store.list()) == 1
+
+
+BAD = [
+    ("unknown channel", body(channel="pigeon"), 422, "channel"),
+    ("missing to", {"channel": "webhook", "content": {}}, 422, "to"),
+    ("empty to", body(to=""), 422, "to"),
+    ("ftp url", body(to="ftp://example.com/x"), 422, "to"),
+    ("private address", body(to="http://10.1.2.3/hook"), 422, "to"),
+    ("metadata address", body(to="http://169.254.169.254/latest"), 422, "to"),
+    ("crlf in url", body(to="http://127.0.0.1/a\r\nX: y"), 422, "to"),
+    ("crlf in key", body(idempotency_key="a\r\nb"), 422, "idempotency_key"),
+    ("nul in key", body(idempotency_key="a\x00b"), 422, "idempotency_key"),
+    ("content not object", body(content=[1, 2]), 422, "content"),
+    ("content too big", body(content={"x": "y" * 70_000}), 422, "content"),
+    ("unknown field", body(colour="red"), 422, "colour"),
+    ("bad priority", body(priority="urgent"), 422, "priority"),
+    ("send_at no tz", body(send_at="2030-01-01T00:00:00"), 422, "send_at"),
+    ("send_at garbage", body(send_at="tomorrow"), 422, "send_at"),
+    ("send_at far", body(send_at="2099-01-01T00:00:00Z"), 422, "send_at"),
+    ("ttl zero", body(ttl=0), 422, "ttl"),
+    ("ttl huge", body(ttl=10**9), 422, "ttl"),
+    ("ttl string", body(ttl="soon"), 422, "ttl"),
+    ("bad topic", body(topic="has space"), 422, "topic"),
+    ("not an object", [1, 2, 3], 422, "body"),
+]
+
+
+@pytest.mark.parametrize("name,payload,status,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_names_the_field_and_enqueues_nothing(live_api: LiveAPI, name: str,
+                                                        payload: Any, status: int,
+                                                        field: str) -> None:
+    with live_api.client() as c:
+        r = c.post("/v1/messages", json=payload)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert any(f["field"] == field for f in err["fields"]), err
+    assert err["message"]
+    assert live_api.app.store.list() == []
+
+
+def test_malformed_json_is_400(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        r = c.post("/v1/messages", content=b'{"channel": "webhook",',
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "malformed_json"
+
+
+def test_oversize_body_is_413_before_parsing(live_api: LiveAPI) -> None:
+    huge = json.dumps(body(content={"x": "y" * 400_000}))
+    with live_api.client() as c:
+        r = c.post("/v1/messages", content=huge, headers={"Content-Type": "application/json"})
+        streamed = c.post("/v1/messages", content=iter([huge.encode()]),
+                          headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and streamed.status_code == 413
+    assert live_api.app.store.list() == []
+
+
+def test_batch_accepts_valid_items_and_reports_each_invalid_one(live_api: LiveAPI) -> None:
+    items = [body(), body(to="nope"), body(priority="bulk"), body(channel="pigeon")]
+    with live_api.client() as c:
+        r = c.post("/v1/messages/batch", json={"messages": items})
+    assert r.status_code == 202, r.text
+    data = r.json()
+    assert data["accepted"] == 2 and data["rejected"] == 2
+    res = data["results"]
+    assert [x["index"] for x in res] == [0, 1, 2, 3]
+    assert "id" in res[0] and "id" in res[2]
+    assert res[1]["error"]["fields"][0]["field"] == "messages[1].to"
+    assert res[3]["error"]["fields"][0]["field"] == "messages[3].channel"
+    assert len(live_api.app.store.list()) == 2
+
+
+@pytest.mark.parametrize("n", [0, 1001])
+def test_batch_size_limits(live_api: LiveAPI, n: int) -> None:
+    with live_api.client() as c:
+        r = c.post("/v1/messages/batch", json={"messages": [body()] * n})
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "messages"
+
+
+def test_batch_idempotency_header_keys_each_item(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        a = c.post("/v1/messages/batch", json={"messages": [body(), body()]},
+                   headers={"Idempotency-Key": "import-7"}).json()
+        b = c.post("/v1/messages/batch", json={"messages": [body(), body()]},
+                   headers={"Idempotency-Key": "import-7"}).json()
+    assert [x["id"] for x in a["results"]] == [x["id"] for x in b["results"]]
+    assert all(x["replayed"] for x in b["results"])
+    assert len(live_api.app.store.list()) == 2
+
+
+def test_listing_filters_and_validates(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        c.post("/v1/messages/batch", json={"messages": [body(), body()]})
+        assert len(c.get("/v1/messages", params={"state": "queued"}).json()["messages"]) == 2
+        assert c.get("/v1/messages", params={"state": "delivered"}).json()["messages"] == []
+        assert c.get("/v1/messages", params={"state": "nope"}).status_code == 422
+        assert c.get("/v1/messages", params={"cause": "NOPE"}).status_code == 422
+        assert c.get("/v1/messages", params={"since": "yesterday"}).status_code == 422
+        since = c.get("/v1/messages", params={"since": "2000-01-01T00:00:00Z"}).json()
+        assert len(since["messages"]) == 2
+        assert c.get("/v1/messages/msg_missing").status_code == 404
+
+
+def test_health_ready_metrics_and_openapi(live_api: LiveAPI) -> None:
+    import httpx
+
+    with httpx.Client(base_url=live_api.url) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").json() == {"status": "ready"}
+        metrics = c.get("/metrics").text
+        spec = c.get("/openapi.json").json()
+    assert "pushguard_queue_depth" in metrics
+    assert {"/v1/messages", "/v1/messages/batch", "/v1/messages/{message_id}"} <= set(
+        spec["paths"])
