@@ -123,6 +123,34 @@ def db_upgrade() -> None:
     out.print(f"database is at revision {migrations.head()}")
 
 
+@cli.command()
+def demo(
+    messages: Annotated[int, typer.Option(help="how many messages to send")] = 3000,
+    workdir: Annotated[str, typer.Option(help="where the demo database goes")] = ".demo",
+) -> None:
+    """Send a few thousand messages through sandbox providers with injected failures."""
+    from pushguard import demo as demo_mod
+
+    raise typer.Exit(demo_mod.run(messages, workdir, out))
+
+
+@cli.command()
+def sandbox(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (APNs +1, SMTP +2); 0 picks free ports")] = 8025,
+    profile: Annotated[str | None, typer.Option(help="fault profile file (.toml or .json)")] = None,
+    records: Annotated[str | None, typer.Option(help="append every request to this JSONL file")] = None,
+    verify: Annotated[bool, typer.Option(help="verify webhook signatures")] = True,
+) -> None:
+    """Run local fake providers (webhook, FCM, APNs, Twilio, SMS, Web Push, SMTP) with faults."""
+    from pushguard.sandbox.server import run_forever
+
+    s = settings()
+    run_forever(host=host, port=port, profile=profile, records=records,
+                webhook_secret=s.webhook_secret or None, verify=verify and bool(s.webhook_secret),
+                echo=lambda line: print(line, flush=True))
+
+
 # -- keys -----------------------------------------------------------------------------------
 
 @keys_cli.command("create")

@@ -46,7 +46,9 @@ def classify(resp: Response, provider: str) -> DeliveryError | None:
     cause = taxonomy.classify_http_status(status)
     if status == 404:
         cause = taxonomy.SENDER_CONFIG  # the gateway's URL is wrong, not the recipient
-    if status == 400 and code and "recipient" in (code + message).lower():
+    if status == 400 and code and any(
+        word in code.lower() for word in ("recipient", "number", "address", "token")
+    ):
         cause = taxonomy.INVALID_RECIPIENT
     if resp.content_type == "text/html" and status < 500:
         cause = taxonomy.UNKNOWN

@@ -31,6 +31,18 @@ class Suppression:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    id: str
+    channel: str
+    state: str
+    attempts: int
+    first_provider: str | None
+    last_provider: str | None
+    cause: str | None
+    provider_code: str | None
+
+
 class Store(ABC):
     """What the pipeline and the edges need from a database."""
 
@@ -78,6 +90,10 @@ class Store(ABC):
 
     @abstractmethod
     def stats(self) -> QueueStats: ...
+
+    @abstractmethod
+    def outcomes(self, *, since: float = 0.0) -> list[OutcomeRow]:
+        """One row per message created since ``since``: how it ended and through whom."""
 
     @abstractmethod
     def suppress(self, channel: str, address: str, reason: str, source: str) -> None: ...

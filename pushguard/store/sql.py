@@ -53,7 +53,7 @@ from pushguard.models import (
     new_id,
 )
 from pushguard.states import State
-from pushguard.store.base import QueueStats, Store, Suppression
+from pushguard.store.base import OutcomeRow, QueueStats, Store, Suppression
 from pushguard.store.schema import READY_STATES, api_keys, attempts, events, messages, suppressions
 
 _IN_CHUNK = 500
@@ -521,6 +521,28 @@ class SQLStore(Store):
             ).scalar()
             nsup = conn.execute(select(func.count()).select_from(suppressions)).scalar() or 0
         return QueueStats(counts, max(0.0, now - oldest) if oldest else 0.0, int(nsup))
+
+    def outcomes(self, *, since: float = 0.0) -> list[OutcomeRow]:
+        first = (
+            select(attempts.c.message_id, attempts.c.provider)
+            .where(attempts.c.number == 1, attempts.c.outcome != "lost")
+            .subquery()
+        )
+        q = (
+            select(messages.c.id, messages.c.channel, messages.c.state, messages.c.attempts,
+                   first.c.provider, messages.c.last_provider, messages.c.last_cause,
+                   messages.c.failure)
+            .select_from(messages.outerjoin(first, first.c.message_id == messages.c.id))
+            .where(messages.c.created_at >= since)
+        )
+        rows = []
+        with self._read() as conn:
+            for r in conn.execute(q):
+                code = json.loads(r.failure).get("provider_code") if r.failure else None
+                cause = None if r.state == State.DELIVERED.value else r.last_cause
+                rows.append(OutcomeRow(r.id, r.channel, r.state, r.attempts, r.provider,
+                                       r.last_provider, cause, code))
+        return rows
 
     # -- suppression ------------------------------------------------------------------------
 

@@ -1,0 +1,201 @@
+"""``pushguard demo``: the whole story on the embedded default, in about half a minute.
+
+Local sandbox providers play webhook receivers and two SMS gateways; the primary gateway has an
+outage window, receivers answer with 5xx, timeouts, resets and 429 + Retry-After, and some
+endpoints are dead. A few thousand messages go through the real intake, the durable SQLite queue
+and the real worker; the summary shows what was delivered first time, after retries, through the
+backup gateway, and what failed with which cause and what to do about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pushguard import logs
+from pushguard.app import App
+from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
+from pushguard.explain import as_text, explain
+from pushguard.intake import MessageIn
+from pushguard.report import summarize
+from pushguard.sandbox import SandboxThread
+from pushguard.settings import Settings
+from pushguard.store.sql import SQLStore
+
+WEBHOOK_FAULTS = {
+    "seed": 11,
+    "latency_ms": [5, 20],
+    "rates": {"500": 0.03, "503": 0.02, "429": 0.03, "timeout": 0.01, "reset": 0.01},
+    "retry_after": 1,
+    "timeout_s": 3,
+}
+GATEWAY_A_FAULTS = {
+    "seed": 12,
+    "rates": {"500": 0.03, "invalid": 0.01},
+    "outages": [{"start": 1.0, "end": 5.0, "status": 503}],
+    "latency_ms": [5, 20],
+}
+GATEWAY_B_FAULTS = {"seed": 13, "latency_ms": [5, 15]}
+
+
+def demo_config(primary: str, backup: str) -> Config:
+    return Config(
+        channels={"webhook": ("webhook",), "sms": ("gateway-a", "gateway-b")},
+        providers={
+            "webhook": ProviderConfig("webhook", "webhook", {}, timeout=1.0, concurrency=200),
+            "gateway-a": ProviderConfig(
+                "gateway-a", "http", {"url": f"{primary}/sms/gateway-a/send"}, timeout=1.0
+            ),
+            "gateway-b": ProviderConfig(
+                "gateway-b", "http", {"url": f"{backup}/sms/gateway-b/send"}, timeout=1.0
+            ),
+        },
+        retry=RetryConfig(base=0.25, cap=2.0, retry_after_cap=3.0),
+        breaker=BreakerConfig(consecutive=5, open_seconds=1.0, max_open_seconds=3.0),
+        source="<demo>",
+    )
+
+
+def messages(primary: str, n: int, rng: random.Random) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for i in range(n):
+        if i % 2 == 0:
+            r = rng.random()
+            name = f"customer-{i % 40}"
+            if r < 0.02:
+                name = f"dead-endpoint-{i % 7}"  # answers 410 Gone
+            elif r < 0.03:
+                name = f"flaky-{i}"  # 503 once, then fine
+            out.append({
+                "channel": "webhook", "to": f"{primary}/hooks/{name}",
+                "content": {"type": "order.shipped", "order": i},
+                "topic": "orders", "priority": "high" if i % 10 == 0 else "normal",
+            })
+        else:
+            out.append({
+                "channel": "sms", "to": f"+1415555{i % 10000:04d}",
+                "content": {"text": f"Your code is {rng.randint(100000, 999999)}"},
+                "topic": "otp", "priority": "high",
+            })
+    return out
+
+
+def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -> int:
+    console = console or Console()
+    logs.configure("ERROR")
+    work = Path(workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    db_url = f"sqlite:///{work / 'demo.db'}"
+
+    console.rule("[bold]pushguard demo")
+    console.print("Starting local sandbox providers on 127.0.0.1 ...")
+    primary = SandboxThread(profiles={"webhook": WEBHOOK_FAULTS, "sms": GATEWAY_A_FAULTS},
+                            webhook_secret=secret, max_records=1000).start()
+    backup = SandboxThread(profiles={"sms": GATEWAY_B_FAULTS}, max_records=1000).start()
+    try:
+        console.print(f"  webhook receivers  {primary.http_url}/hooks/*   5xx, timeouts, resets, "
+                      "429 + Retry-After, dead endpoints (410)")
+        console.print(f"  SMS gateway A      {primary.http_url}/sms/gateway-a   primary: "
+                      "outage from 1 s to 5 s into delivery, 3 % errors")
+        console.print(f"  SMS gateway B      {backup.http_url}/sms/gateway-b   healthy backup")
+        settings = Settings(database_url=db_url, webhook_secret=secret,
+                            outbound_allow="127.0.0.1", worker_concurrency=60, worker_batch=60,
+                            poll_interval=0.05, lease_seconds=30)
+        store = SQLStore(db_url)
+        store.migrate()
+        app = App(settings=settings, store=store, config=demo_config(primary.http_url,
+                                                                     backup.http_url))
+        started = time.time()
+        ids = _enqueue(app, messages(primary.http_url, n, random.Random(5)))
+        console.print(f"Accepted {len(ids)} messages into the durable queue "
+                      f"({db_url}) in {time.time() - started:.1f} s.")
+        # The outage clock starts with delivery, so the outage lands in the middle of it.
+        primary.set_profile(GATEWAY_A_FAULTS, "sms")
+        asyncio.run(_deliver(app, len(ids), console))
+        _report(app, console, started, db_url)
+        store.close()
+    finally:
+        primary.stop()
+        backup.stop()
+    return 0
+
+
+def _enqueue(app: App, raw: list[dict[str, object]]) -> list[str]:
+    ids: list[str] = []
+    for i in range(0, len(raw), 500):
+        batch = [app.intake.prepare(MessageIn.model_validate(m)) for m in raw[i : i + 500]]
+        ids += [r.id for r in app.intake.submit(batch, scope="demo")]  # type: ignore[union-attr]
+    return ids
+
+
+async def _deliver(app: App, total: int, console: Console) -> None:
+    providers = app.build_providers()
+    for p in providers.values():
+        await p.start()
+    worker = app.build_worker(providers)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    columns = (TextColumn("[bold]delivering"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    deadline = time.monotonic() + 120
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("send", total=total, detail="")
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            stats = await asyncio.to_thread(app.store.stats)
+            active = sum(stats.by_state.values())
+            retrying = stats.by_state.get("retry_scheduled", 0)
+            progress.update(bar, completed=total - active,
+                            detail=f"in flight {stats.by_state.get('sending', 0):>4}  "
+                                   f"waiting to retry {retrying:>4}")
+            if active == 0:
+                break
+    stop.set()
+    await task
+    for p in providers.values():
+        await p.close()
+
+
+def _report(app: App, console: Console, since: float, db_url: str) -> None:
+    primaries = {ch: names[0] for ch, names in app.config.channels.items()}
+    s = summarize(app.store.outcomes(since=since - 1), primaries)
+    table = Table(title=f"What happened to {s.total} messages", show_lines=False)
+    table.add_column("outcome")
+    table.add_column("messages", justify="right")
+    table.add_column("share", justify="right")
+    for label, count in s.rows():
+        table.add_row(label, str(count), f"{100 * count / max(1, s.total):.1f} %")
+    console.print(table)
+    if s.failed:
+        causes = Table(title="Not delivered, by cause", show_lines=True)
+        causes.add_column("state")
+        causes.add_column("cause")
+        causes.add_column("messages", justify="right")
+        causes.add_column("what to do", max_width=70)
+        for state, cause, count, fix in s.causes():
+            causes.add_row(state, cause, str(count), fix)
+        console.print(causes)
+    via = ", ".join(f"{name}: {n}" for name, n in s.by_provider.most_common())
+    console.print(f"Delivered through: {via}")
+    for key in ("failed_over", "UNREGISTERED_TOKEN"):
+        mid = s.examples.get(key)
+        view = app.store.get(mid) if mid else None
+        if view is not None:
+            console.rule(f"pushguard why {mid}")
+            console.print(as_text(explain(view)), markup=False, highlight=False)
+    console.rule()
+    console.print("Ask about any message yourself:")
+    console.print(f"  PUSHGUARD_DATABASE_URL={db_url} .venv/bin/pushguard why <id>", markup=False)
+    console.print(f"  PUSHGUARD_DATABASE_URL={db_url} .venv/bin/pushguard messages --state failed",
+                  markup=False)
