@@ -1,0 +1,133 @@
+"""The real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from pushguard.sandbox import SandboxThread
+from tests.acceptance.conftest import CLI, free_port
+
+
+def test_keys_create_prints_the_key_on_the_last_line(cli: CLI) -> None:
+    cli("db", "upgrade")
+    out = cli("keys", "create", "--name", "ci").stdout.strip().splitlines()
+    key = out[-1]
+    assert key.startswith("pgk_") and len(key) > 40
+    listing = cli("keys", "list").stdout
+    assert "ci" in listing and key not in listing
+
+
+def test_send_status_why_for_a_queued_message(cli: CLI) -> None:
+    cli("db", "upgrade")
+    sent = cli("send", "--channel", "webhook", "--to", "http://127.0.0.1:9/h",
+               "--content", '{"event": "x"}', "--idempotency-key", "k1").stdout.split()
+    mid, state = sent[0], sent[1]
+    assert mid.startswith("msg_") and state == "queued"
+    again = cli("send", "--channel", "webhook", "--to", "http://127.0.0.1:9/h",
+                "--content", '{"event": "x"}', "--idempotency-key", "k1").stdout
+    assert again.startswith(mid) and "replayed" in again
+    status = json.loads(cli("status", mid, "--json").stdout)
+    assert status["state"] == "queued" and status["content"] == {"event": "x"}
+    why = cli("why", mid).stdout
+    assert "PENDING" in why and "accepted for webhook" in why
+
+
+def test_bad_input_is_a_clear_error_with_status_1(cli: CLI) -> None:
+    cli("db", "upgrade")
+    cases = [
+        (["--channel", "pigeon", "--to", "x"], "channel: unknown channel"),
+        (["--channel", "webhook", "--to", "http://10.0.0.1/x"], "to: "),
+        (["--channel", "webhook", "--to", "http://127.0.0.1/x", "--content", "{nope"],
+         "content: is not valid JSON"),
+        (["--channel", "webhook", "--to", "http://127.0.0.1/x", "--ttl", "0"], "ttl"),
+    ]
+    for args, expected in cases:
+        proc = cli("send", *args, check=False)
+        assert proc.returncode == 1, proc
+        assert proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+    assert cli("status", "msg_nope", check=False).returncode == 1
+
+
+def test_commands_refuse_an_unmigrated_database(cli: CLI) -> None:
+    proc = cli("send", "--channel", "webhook", "--to", "http://127.0.0.1/x", check=False)
+    assert proc.returncode == 1 and "pushguard db upgrade" in proc.stderr
+
+
+def test_config_check_reports_every_problem_with_its_location(cli: CLI, tmp_path: Path) -> None:
+    cli("db", "upgrade")
+    assert "configuration OK" in cli("config", "check").stdout
+    bad = tmp_path / "pushguard.toml"
+    bad.write_text(
+        '[channels.sms]\nproviders = ["gw", "ghost"]\n\n'
+        '[providers.gw]\ntype = "http"\nurl = "ftp://x"\ntimeout = "slow"\n\n'
+        '[providers.odd]\ntype = "carrier-pigeon"\n\n'
+        '[providers.hook]\ntype = "webhook"\nsecret = "env:MISSING_SECRET_VAR"\n\n'
+        "[colours]\nred = 1\n"
+    )
+    proc = cli("config", "check", check=False)
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "pushguard.toml:colours" in err
+    assert "providers.gw.timeout" in err
+    assert "'ghost' is not defined" in err
+    assert "providers.odd.type" in err and "carrier-pigeon" in err
+    assert "MISSING_SECRET_VAR is not set" in err
+
+
+def test_serve_delivers_and_explains_end_to_end(cli: CLI, webhook_secret: str) -> None:
+    port = free_port()
+    with SandboxThread(webhook_secret=webhook_secret) as sb:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pushguard", "serve", "--port", str(port)],
+            env=cli.env, cwd=cli.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if httpx.get(f"{base}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "serve did not become ready"
+                time.sleep(0.1)
+            key = cli("keys", "create", "--name", "e2e").stdout.strip().splitlines()[-1]
+            auth = {"Authorization": f"Bearer {key}"}
+            ok = httpx.post(f"{base}/v1/messages", headers=auth, json={
+                "channel": "webhook", "to": f"{sb.http_url}/hooks/shop",
+                "content": {"type": "order.paid"}}).json()
+            gone = httpx.post(f"{base}/v1/messages", headers=auth, json={
+                "channel": "webhook", "to": f"{sb.http_url}/hooks/dead-shop",
+                "content": {"type": "order.paid"}}).json()
+            for mid in (ok["id"], gone["id"]):
+                while httpx.get(f"{base}/v1/messages/{mid}", headers=auth).json()["state"] in (
+                    "queued", "sending", "retry_scheduled"
+                ):
+                    assert time.monotonic() < deadline + 20
+                    time.sleep(0.1)
+            delivered = httpx.get(f"{base}/v1/messages/{ok['id']}", headers=auth).json()
+            failed = httpx.get(f"{base}/v1/messages/{gone['id']}", headers=auth).json()
+            metrics = httpx.get(f"{base}/metrics").text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        received = [r for r in sb.recorder.records("webhook") if r.outcome == "200"]
+    assert delivered["state"] == "delivered"
+    assert delivered["attempts"][0]["status"] == 200
+    assert [r.headers["webhook-id"] for r in received] == [ok["id"]]
+    assert failed["state"] == "failed"
+    assert failed["failure"]["cause"] == "UNREGISTERED_TOKEN"
+    assert failed["failure"]["provider_code"] == "HTTP 410" and failed["failure"]["fix"]
+    assert 'pushguard_messages_delivered_total{channel="webhook",provider="webhook"} 1.0' in (
+        metrics)
+    why = cli("why", gone["id"]).stdout
+    assert "FAILED" in why and "410" in why and "What to do" in why
