@@ -137,9 +137,9 @@ def demo(
 @cli.command()
 def sandbox(
     host: Host = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port (APNs +1, SMTP +2); 0 picks free ports")] = 8025,
-    profile: Annotated[str | None, typer.Option(help="fault profile file (.toml or .json)")] = None,
-    records: Annotated[str | None, typer.Option(help="append every request to this JSONL file")] = None,
+    port: Annotated[int, typer.Option(help="HTTP port (APNs +1, SMTP +2); 0: any")] = 8025,
+    profile: Annotated[str | None, typer.Option(help="fault profile (.toml, .json)")] = None,
+    records: Annotated[str | None, typer.Option(help="append requests to this JSONL")] = None,
     verify: Annotated[bool, typer.Option(help="verify webhook signatures")] = True,
 ) -> None:
     """Run local fake providers (webhook, FCM, APNs, Twilio, SMS, Web Push, SMTP) with faults."""
@@ -275,7 +275,7 @@ def messages_list(
 ) -> None:
     """List recent messages, newest first."""
     t = Table("id", "channel", "to", "state", "cause", "attempts", "created")
-    for v in app_for().store.list(state=state, cause=cause, limit=limit):
+    for v in app_for().store.list_messages(state=state, cause=cause, limit=limit):
         t.add_row(v.id, v.channel, v.to[:48], v.state.value,
                   v.failure.cause if v.failure else "", str(v.attempts_count), _when(v.created_at))
     out.print(t)
@@ -309,7 +309,9 @@ def config_check() -> None:
         store = SQLStore(s.database_url)
         store.ping()
         if not store.schema_is_current():
-            problems.append("PUSHGUARD_DATABASE_URL: schema is not current; run `pushguard db upgrade`")
+            problems.append(
+                "PUSHGUARD_DATABASE_URL: schema is not current; run `pushguard db upgrade`"
+            )
     except PushguardError as exc:
         problems.append(f"PUSHGUARD_DATABASE_URL: {exc}")
     except Exception as exc:
@@ -366,4 +368,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -152,7 +152,7 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
                 name=name,
                 type=ptype,
                 options={k: v for k, v in raw.items() if k not in _PROVIDER_KEYS},
-                timeout=_number(raw, "timeout", 15.0, loc, minimum=0.1),
+                timeout=_number(raw, "timeout", 15.0, loc, minimum=0.1) or 15.0,
                 rate=_number(raw, "rate", None, loc, minimum=0.001),
                 concurrency=int(_number(raw, "concurrency", 100, loc, minimum=1) or 100),
             )

@@ -13,10 +13,10 @@ from typing import Any
 import structlog
 
 from pushguard import taxonomy
+from pushguard.circuit import Breaker
 from pushguard.exceptions import DeliveryError
 from pushguard.metrics import Metrics
 from pushguard.models import Attempt, Failure, Job, Outcome
-from pushguard.circuit import Breaker
 from pushguard.providers.base import Delivery, Provider
 from pushguard.retry import RetryPolicy, Verdict
 from pushguard.routing import Router

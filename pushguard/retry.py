@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pushguard.taxonomy import Action, Cause
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     RETRY = "retry"
     FAIL = "fail"
     SUPPRESS = "suppress"

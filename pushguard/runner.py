@@ -55,7 +55,7 @@ async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> 
     server = _server(app, host, port)
     _on_signals(stop, server)
     log.info("api_listening", url=f"http://{host}:{port}", worker=with_worker)
-    tasks = [asyncio.create_task(server.serve())]
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(server.serve())]
     if with_worker:
         tasks.append(asyncio.create_task(run_worker(app, stop)))
 

@@ -21,10 +21,10 @@ Terminal states never change again; every transition is recorded with its reason
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class State(str, Enum):
+class State(StrEnum):
     ACCEPTED = "accepted"
     QUEUED = "queued"
     SENDING = "sending"

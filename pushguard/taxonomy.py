@@ -9,10 +9,10 @@ causes at their boundary; nothing downstream looks at raw provider codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What the pipeline does with a message after a failure of this cause."""
 
     RETRY = "retry"  # back off and try again, bounded by attempts and TTL

@@ -11,6 +11,7 @@ their outcomes and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -122,10 +123,8 @@ class Worker:
 
     async def _flusher(self, stop: asyncio.Event) -> None:
         while not (stop.is_set() and not self._tasks):
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=0.05)
-            except TimeoutError:
-                pass
             self._flush_now.clear()
             await self._flush_all()
 
@@ -158,7 +157,5 @@ class Worker:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

@@ -33,7 +33,9 @@ STATUS: list[tuple[type[PushguardError], int, str]] = [
 ]
 
 
-def error_body(kind: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def error_body(
+    kind: str, message: str, fields: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"type": kind, "message": message}
     if fields:
         body["fields"] = fields

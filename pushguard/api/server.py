@@ -253,7 +253,7 @@ def create_api(app: App) -> FastAPI:
         for name, value in (("since", since), ("before", before)):
             if value is not None and value.tzinfo is None:
                 raise InputError(name, "must be an RFC 3339 time with a timezone")
-        views = store.list(
+        views = store.list_messages(
             state=state.value if state else None, cause=cause,
             since=since.timestamp() if since else None,
             before=before.timestamp() if before else None, limit=limit,

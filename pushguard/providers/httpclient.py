@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+
 import aiohttp
 from multidict import CIMultiDictProxy
 

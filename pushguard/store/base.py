@@ -78,7 +78,7 @@ class Store(ABC):
     def get(self, message_id: str) -> MessageView | None: ...
 
     @abstractmethod
-    def list(
+    def list_messages(
         self,
         *,
         state: str | None = None,

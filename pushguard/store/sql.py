@@ -482,7 +482,7 @@ class SQLStore(Store):
             failure=failure if row.state != State.DELIVERED.value else None,
         )
 
-    def list(
+    def list_messages(
         self,
         *,
         state: str | None = None,

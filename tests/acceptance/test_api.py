@@ -39,7 +39,7 @@ def test_every_v1_route_needs_a_valid_key(live_api: LiveAPI, header: str | None)
             r = c.request(method, path, json=body())
             assert r.status_code == 401, (method, path)
             assert r.json()["error"]["type"] == "unauthorized"
-    assert live_api.app.store.list() == []
+    assert live_api.app.store.list_messages() == []
 
 
 def test_idempotency_same_body_replays_other_body_conflicts(live_api: LiveAPI) -> None:
@@ -56,7 +56,7 @@ def test_idempotency_same_body_replays_other_body_conflicts(live_api: LiveAPI) -
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert other.status_code == 422 and other.json()["error"]["type"] == "idempotency_conflict"
     assert mismatch.status_code == 422
-    assert len(live_api.app.store.list()) == 1
+    assert len(live_api.app.store.list_messages()) == 1
 
 
 BAD = [
@@ -94,7 +94,7 @@ def test_bad_input_names_the_field_and_enqueues_nothing(live_api: LiveAPI, name:
     err = r.json()["error"]
     assert any(f["field"] == field for f in err["fields"]), err
     assert err["message"]
-    assert live_api.app.store.list() == []
+    assert live_api.app.store.list_messages() == []
 
 
 def test_malformed_json_is_400(live_api: LiveAPI) -> None:
@@ -111,7 +111,7 @@ def test_oversize_body_is_413_before_parsing(live_api: LiveAPI) -> None:
         streamed = c.post("/v1/messages", content=iter([huge.encode()]),
                           headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and streamed.status_code == 413
-    assert live_api.app.store.list() == []
+    assert live_api.app.store.list_messages() == []
 
 
 def test_batch_accepts_valid_items_and_reports_each_invalid_one(live_api: LiveAPI) -> None:
@@ -126,7 +126,7 @@ def test_batch_accepts_valid_items_and_reports_each_invalid_one(live_api: LiveAP
     assert "id" in res[0] and "id" in res[2]
     assert res[1]["error"]["fields"][0]["field"] == "messages[1].to"
     assert res[3]["error"]["fields"][0]["field"] == "messages[3].channel"
-    assert len(live_api.app.store.list()) == 2
+    assert len(live_api.app.store.list_messages()) == 2
 
 
 @pytest.mark.parametrize("n", [0, 1001])
@@ -144,7 +144,7 @@ def test_batch_idempotency_header_keys_each_item(live_api: LiveAPI) -> None:
                    headers={"Idempotency-Key": "import-7"}).json()
     assert [x["id"] for x in a["results"]] == [x["id"] for x in b["results"]]
     assert all(x["replayed"] for x in b["results"])
-    assert len(live_api.app.store.list()) == 2
+    assert len(live_api.app.store.list_messages()) == 2
 
 
 def test_listing_filters_and_validates(live_api: LiveAPI) -> None:

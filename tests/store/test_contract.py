@@ -46,7 +46,7 @@ def test_same_key_twice_in_one_batch_is_one_message(store: SQLStore) -> None:
         [msg(idempotency_key="dup", request_hash="h"), msg(idempotency_key="dup",
                                                              request_hash="h")], scope="s")
     assert isinstance(a, Accepted) and isinstance(b, Accepted) and a.id == b.id
-    assert len(store.list()) == 1
+    assert len(store.list_messages()) == 1
 
 
 def test_concurrent_requests_with_one_key_make_one_message(store_url: str,
@@ -66,7 +66,7 @@ def test_concurrent_requests_with_one_key_make_one_message(store_url: str,
     with ThreadPoolExecutor(6) as pool:
         ids = set(pool.map(submit, range(6)))
     assert len(ids) == 1
-    assert len(store.list()) == 1
+    assert len(store.list_messages()) == 1
 
 
 def test_claim_order_priority_then_due_time_and_future_waits(store: SQLStore) -> None:
@@ -146,8 +146,8 @@ def test_list_filters_and_stats(store: SQLStore) -> None:
     (job, *_) = store.claim("w", 1, 30)
     store.record("w", [Outcome(job.id, State.RETRY_SCHEDULED, "r", next_at=time.time() + 60,
                                failure=Failure("PROVIDER_OUTAGE", True, "HTTP 503", "e", "f"))])
-    assert len(store.list(state="queued")) == 2
-    assert [v.id for v in store.list(cause="PROVIDER_OUTAGE")] == [job.id]
+    assert len(store.list_messages(state="queued")) == 2
+    assert [v.id for v in store.list_messages(cause="PROVIDER_OUTAGE")] == [job.id]
     stats = store.stats()
     assert stats.by_state == {"queued": 2, "retry_scheduled": 1}
     assert stats.oldest_due_age >= 0
