@@ -74,6 +74,13 @@ def app_for(s: Settings | None = None, *, migrate: bool = False) -> Any:
     return app
 
 
+def find_message(message_id: str) -> Any:
+    view = app_for().store.get(message_id)
+    if view is None:
+        fail(f"no message {message_id!r}")
+    return view
+
+
 # -- processes ------------------------------------------------------------------------------
 
 Host = Annotated[str, typer.Option(help="address to listen on")]
@@ -103,12 +110,20 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="deliveries in flight")] = None,
     batch: Annotated[int | None, typer.Option(help="messages claimed per batch")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve /metrics on this port")] = None,
+    metrics_host: Annotated[str, typer.Option(help="address for --metrics-port")] = "127.0.0.1",
 ) -> None:
     """Run only a delivery worker. Start as many as you like, on as many machines."""
+    from prometheus_client import start_http_server
+
     from pushguard import runner
 
+    app = app_for()
+    if metrics_port:
+        app.metrics.watch_queue(app.store)
+        start_http_server(metrics_port, metrics_host, registry=app.metrics.registry)
     overrides = {k: float(v) for k, v in (("concurrency", concurrency), ("batch", batch)) if v}
-    asyncio.run(runner.work(app_for(), **overrides))
+    asyncio.run(runner.work(app, **overrides))
 
 
 @db_cli.command("upgrade")
@@ -227,11 +242,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Show a message's state and attempts."""
-    from pushguard.api.server import message_json
+    from pushguard.views import message_json
 
-    view = app_for().store.get(message_id)
-    if view is None:
-        fail(f"no message {message_id!r}")
+    view = find_message(message_id)
     data = message_json(view)
     if as_json:
         print(json.dumps(data, indent=2))
@@ -259,10 +272,7 @@ def why(
     """Tell the story of a message in plain words, and what to do about it."""
     from pushguard.explain import as_text, explain
 
-    view = app_for().store.get(message_id)
-    if view is None:
-        fail(f"no message {message_id!r}")
-    story = explain(view)
+    story = explain(find_message(message_id))
     print(json.dumps(story, indent=2) if as_json else as_text(story))
 
 

@@ -11,14 +11,7 @@ from typing import Any
 from pushguard import taxonomy
 from pushguard.models import MessageView
 from pushguard.states import State
-
-
-def rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+from pushguard.views import rfc3339
 
 
 def _clock(ts: float) -> str:

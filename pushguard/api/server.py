@@ -20,10 +20,11 @@ from pushguard import taxonomy
 from pushguard.api import errors
 from pushguard.app import App
 from pushguard.exceptions import AuthError, IdempotencyConflict, InputError, NotFound
-from pushguard.explain import explain, rfc3339
+from pushguard.explain import explain
 from pushguard.intake import MessageIn
-from pushguard.models import PRIORITY_NAMES, Accepted, MessageView
+from pushguard.models import Accepted, MessageView
 from pushguard.states import State
+from pushguard.views import message_json, rfc3339
 
 MAX_BATCH = 1000
 _DUMMY_HASH = hashlib.sha256(b"no key given").hexdigest()
@@ -92,45 +93,6 @@ class BatchIn(BaseModel):
     messages: list[dict[str, Any]] = Field(
         description=f"up to {MAX_BATCH} messages, each shaped like POST /v1/messages"
     )
-
-
-def message_json(view: MessageView, *, full: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": view.id,
-        "channel": view.channel,
-        "to": view.to,
-        "topic": view.topic,
-        "priority": PRIORITY_NAMES.get(view.priority, "normal"),
-        "state": view.state.value,
-        "created_at": rfc3339(view.created_at),
-        "updated_at": rfc3339(view.updated_at),
-        "next_attempt_at": None if view.state.terminal else rfc3339(view.next_at),
-        "expires_at": rfc3339(view.expires_at),
-        "attempt_count": view.attempts_count,
-        "idempotency_key": view.idempotency_key,
-        "provider": view.last_provider,
-        "provider_message_id": view.provider_message_id,
-        "delivered_at": rfc3339(view.delivered_at),
-        "failure": view.failure.as_dict() if view.failure else None,
-    }
-    if full:
-        out["content"] = view.content
-        out["attempts"] = [
-            {
-                "number": a.number, "at": rfc3339(a.at), "provider": a.provider,
-                "outcome": a.outcome, "status": a.status, "provider_code": a.provider_code,
-                "cause": a.cause, "latency_ms": None if a.latency_ms is None
-                else round(a.latency_ms, 2), "maybe_sent": a.maybe_sent, "detail": a.detail,
-                "raw": a.raw,
-            }
-            for a in view.attempts
-        ]
-        out["history"] = [
-            {"at": rfc3339(t.at), "from": t.src, "to": t.dst, "reason": t.reason,
-             "cause": t.cause}
-            for t in view.history
-        ]
-    return out
 
 
 def authorize(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
@@ -222,21 +184,21 @@ def create_api(app: App) -> FastAPI:
         ok = sum(1 for r in out if "id" in r)
         return {"accepted": ok, "rejected": n - ok, "results": out}
 
-    @api.get("/v1/messages/{message_id}")
-    def get_message(message_id: str, _: Auth) -> dict[str, Any]:
-        """Everything known about one message: state, attempts, history, failure and fix."""
+    def find(message_id: str) -> MessageView:
         view = store.get(message_id)
         if view is None:
             raise NotFound(f"no message {message_id!r}")
-        return message_json(view)
+        return view
+
+    @api.get("/v1/messages/{message_id}")
+    def get_message(message_id: str, _: Auth) -> dict[str, Any]:
+        """Everything known about one message: state, attempts, history, failure and fix."""
+        return message_json(find(message_id))
 
     @api.get("/v1/messages/{message_id}/explain")
     def explain_message(message_id: str, _: Auth) -> dict[str, Any]:
         """The story of one message in plain words, with the verdict and what to do."""
-        view = store.get(message_id)
-        if view is None:
-            raise NotFound(f"no message {message_id!r}")
-        return explain(view)
+        return explain(find(message_id))
 
     @api.get("/v1/messages")
     def list_messages(
