@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
+import uvicorn
 from sqlalchemy import create_engine, text
 
 from pushguard.store.schema import metadata
 from pushguard.store.sql import SQLStore
+
+if TYPE_CHECKING:
+    from pushguard.app import App
 
 PG_URL = os.environ.get("PUSHGUARD_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
@@ -87,3 +96,35 @@ def store(store_url: str) -> Iterator[SQLStore]:
 @pytest.fixture
 def sqlite_url(tmp_path: object) -> str:
     return f"sqlite:///{tmp_path}/pushguard.db"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test process owns signals
+        pass
+
+
+@contextmanager
+def serve_api(app: App) -> Iterator[str]:
+    """Run the real API for ``app`` on a loopback port in a thread; yields its base URL."""
+    from pushguard.api.server import create_api
+
+    port = free_port()
+    server = _Server(uvicorn.Config(create_api(app), host="127.0.0.1", port=port,
+                                    log_config=None, access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "API did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -55,6 +55,8 @@ def install(app: FastAPI) -> None:
     async def _pushguard(_: Request, exc: PushguardError) -> JSONResponse:
         status, body = describe(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": "1"}  # the database is busy or full: nothing was accepted
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from pushguard.api.server import create_api
 from pushguard.app import App
 from pushguard.settings import Settings
+from tests.conftest import free_port, serve_api
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]
 
 
 @dataclass
@@ -38,11 +30,6 @@ class LiveAPI:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test process owns signals
-        pass
-
-
 @pytest.fixture
 def live_api(tmp_path: Path, webhook_secret: str) -> Iterator[LiveAPI]:
     settings = Settings(
@@ -52,18 +39,8 @@ def live_api(tmp_path: Path, webhook_secret: str) -> Iterator[LiveAPI]:
     app = App.from_settings(settings)
     app.store.migrate()
     _, key = app.store.create_api_key("tests")
-    port = free_port()
-    server = _Server(uvicorn.Config(create_api(app), host="127.0.0.1", port=port,
-                                    log_config=None, access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "API did not start"
-        time.sleep(0.02)
-    yield LiveAPI(f"http://127.0.0.1:{port}", key, app)
-    server.should_exit = True
-    thread.join(10)
+    with serve_api(app) as url:
+        yield LiveAPI(url, key, app)
     app.store.close()
 
 
