@@ -11,6 +11,7 @@
     │   ├── UnsafeURL                an outbound URL is refused by the SSRF guard
     │   └── HeaderInjection          CR, LF or NUL in a header-bound field
     ├── AuthError                    missing or wrong API key
+    ├── RateLimited                  this API key sends faster than its limit
     ├── NotFound                     no such object
     └── DeliveryError                a provider did not take a message (see `taxonomy.Cause`)
 
@@ -91,6 +92,14 @@ class HeaderInjection(InputError):
 
 class AuthError(PushguardError):
     """Missing or invalid API key."""
+
+
+class RateLimited(PushguardError):
+    """Too many requests for this API key."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many requests for this API key; retry in {retry_after:.1f} s")
+        self.retry_after = retry_after
 
 
 class NotFound(PushguardError):

@@ -35,6 +35,9 @@ class Settings:
     max_body_bytes: int = 5 * 1024 * 1024
     #: serialized ``content`` larger than this is refused at intake.
     max_content_bytes: int = 64 * 1024
+    #: requests per second each API key may make (0 turns the limit off), and its burst.
+    api_rate: float = 100.0
+    api_burst: float = 200.0
     default_ttl: int = 86400
     max_ttl: int = 30 * 86400
     worker_concurrency: int = 200

@@ -20,6 +20,8 @@ from pushguard.store.schema import metadata
 from pushguard.store.sql import SQLStore
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from pushguard.app import App
 
 PG_URL = os.environ.get("PUSHGUARD_TEST_PG", "postgresql://127.0.0.1:5432/test")
@@ -110,12 +112,12 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve_api(app: App) -> Iterator[str]:
+def serve_api(app: App, api: FastAPI | None = None) -> Iterator[str]:
     """Run the real API for ``app`` on a loopback port in a thread; yields its base URL."""
     from pushguard.api.server import create_api
 
     port = free_port()
-    server = _Server(uvicorn.Config(create_api(app), host="127.0.0.1", port=port,
+    server = _Server(uvicorn.Config(api or create_api(app), host="127.0.0.1", port=port,
                                     log_config=None, access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

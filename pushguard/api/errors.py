@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from pushguard.exceptions import (
     InputError,
     NotFound,
     PushguardError,
+    RateLimited,
     StoreError,
 )
 from pushguard.intake import problem_text
@@ -27,6 +29,7 @@ STATUS: list[tuple[type[PushguardError], int, str]] = [
     (IdempotencyConflict, 422, "idempotency_conflict"),
     (InputError, 422, "validation_error"),
     (AuthError, 401, "unauthorized"),
+    (RateLimited, 429, "rate_limited"),
     (NotFound, 404, "not_found"),
     (StoreError, 503, "store_unavailable"),
     (PushguardError, 500, "internal_error"),
@@ -57,6 +60,8 @@ def install(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
             headers = {"Retry-After": "1"}  # the database is busy or full: nothing was accepted
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

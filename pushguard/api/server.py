@@ -19,10 +19,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pushguard import taxonomy
 from pushguard.api import errors
 from pushguard.app import App
-from pushguard.exceptions import AuthError, IdempotencyConflict, InputError, NotFound
+from pushguard.exceptions import (
+    AuthError,
+    IdempotencyConflict,
+    InputError,
+    NotFound,
+    RateLimited,
+)
 from pushguard.explain import explain
 from pushguard.intake import MessageIn
 from pushguard.models import Accepted, MessageView
+from pushguard.ratelimit import KeyedLimiter
 from pushguard.states import State
 from pushguard.views import message_json, rfc3339
 
@@ -106,6 +113,9 @@ def authorize(request: Request, authorization: Annotated[str | None, Header()] =
     key_id = request.app.state.pushguard.store.api_key_id(digest)
     if not token or key_id is None:
         raise AuthError("missing or invalid API key (send Authorization: Bearer <key>)")
+    wait = request.app.state.limiter.take(key_id)
+    if wait:
+        raise RateLimited(wait)
     return str(key_id)
 
 
@@ -119,6 +129,7 @@ def create_api(app: App) -> FastAPI:
         description="Multi-channel push delivery where pushes do not fail silently.",
     )
     api.state.pushguard = app
+    api.state.limiter = KeyedLimiter(app.settings.api_rate, app.settings.api_burst)
     errors.install(api)
     api.add_middleware(BodyLimit, limit=app.settings.max_body_bytes)
     app.metrics.watch_queue(app.store)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from pushguard.api.server import create_api
 from pushguard.app import App
 from pushguard.settings import Settings
 from tests.conftest import free_port, serve_api
@@ -24,6 +26,7 @@ class LiveAPI:
     url: str
     key: str
     app: App
+    api: FastAPI
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.key}"}
@@ -39,8 +42,9 @@ def live_api(tmp_path: Path, webhook_secret: str) -> Iterator[LiveAPI]:
     app = App.from_settings(settings)
     app.store.migrate()
     _, key = app.store.create_api_key("tests")
-    with serve_api(app) as url:
-        yield LiveAPI(url, key, app)
+    api = create_api(app)
+    with serve_api(app, api) as url:
+        yield LiveAPI(url, key, app, api)
     app.store.close()
 
 

@@ -171,3 +171,20 @@ def test_health_ready_metrics_and_openapi(live_api: LiveAPI) -> None:
     assert "pushguard_queue_depth" in metrics
     assert {"/v1/messages", "/v1/messages/batch", "/v1/messages/{message_id}"} <= set(
         spec["paths"])
+
+
+
+def test_each_key_is_rate_limited_with_retry_after(live_api: LiveAPI) -> None:
+    from pushguard.ratelimit import KeyedLimiter
+
+    live_api.api.state.limiter = KeyedLimiter(rate=1.0, burst=3)
+    _, other_key = live_api.app.store.create_api_key("other")
+    with live_api.client() as c:
+        codes = [c.get("/v1/messages").status_code for _ in range(5)]
+        limited = c.get("/v1/messages")
+    with live_api.client(other_key) as c:
+        other = c.get("/v1/messages").status_code
+    assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limited"
+    assert other == 200  # another key has its own bucket
