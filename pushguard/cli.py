@@ -108,8 +108,8 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 @cli.command()
 @handles_errors
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="deliveries in flight")] = None,
-    batch: Annotated[int | None, typer.Option(help="messages claimed per batch")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="deliveries in flight")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="messages claimed per batch")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve /metrics on this port")] = None,
     metrics_host: Annotated[str, typer.Option(help="address for --metrics-port")] = "127.0.0.1",
 ) -> None:
@@ -284,6 +284,13 @@ def messages_list(
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
 ) -> None:
     """List recent messages, newest first."""
+    from pushguard import taxonomy
+    from pushguard.states import State
+
+    if state is not None and state not in {s.value for s in State}:
+        raise InputError("--state", f"one of: {', '.join(s.value for s in State)}")
+    if cause is not None and cause not in taxonomy.CAUSES:
+        raise InputError("--cause", f"one of: {', '.join(taxonomy.CAUSES)}")
     t = Table("id", "channel", "to", "state", "cause", "attempts", "created")
     for v in app_for().store.list_messages(state=state, cause=cause, limit=limit):
         t.add_row(v.id, v.channel, v.to[:48], v.state.value,
@@ -354,17 +361,27 @@ def sup_list(limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
 def sup_add(channel: str, address: str,
             reason: Annotated[str, typer.Option()] = "manual") -> None:
     """Suppress an address on a channel."""
-    app_for().store.suppress(channel, address, reason, "cli")
-    out.print(f"suppressed {channel} {address}")
+    from pushguard.addresses import normalize_address
+
+    app = app_for()
+    normal = normalize_address(channel, address, guard=app.guard, field="address",
+                               resolve=False)
+    app.store.suppress(channel, normal, reason, "cli")
+    out.print(f"suppressed {channel} {normal}")
 
 
 @sup_cli.command("remove")
 @handles_errors
 def sup_remove(channel: str, address: str) -> None:
     """Lift a suppression."""
-    if not app_for().store.unsuppress(channel, address):
-        fail(f"{address} is not suppressed on {channel}")
-    out.print(f"removed {channel} {address}")
+    from pushguard.addresses import normalize_address
+
+    app = app_for()
+    normal = normalize_address(channel, address, guard=app.guard, field="address",
+                               resolve=False)
+    if not app.store.unsuppress(channel, normal):
+        fail(f"{normal} is not suppressed on {channel}")
+    out.print(f"removed {channel} {normal}")
 
 
 def _when(ts: object) -> str:

@@ -97,7 +97,7 @@ def check(settings: Settings) -> tuple[Config | None, list[ConfigError]]:
     """Every problem of the configuration, each with its location."""
     config, problems = _load(settings)
     if config is not None:
-        problems.extend(_check_references(config))
+        problems.extend(_check_references(config, settings))
     return (config if not problems else None), problems
 
 
@@ -111,6 +111,8 @@ def resolve(value: Any, *, location: str) -> Any:
         return found
     if isinstance(value, Mapping):
         return {k: resolve(v, location=f"{location}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, location=f"{location}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -152,9 +154,9 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
                 name=name,
                 type=ptype,
                 options={k: v for k, v in raw.items() if k not in _PROVIDER_KEYS},
-                timeout=_number(raw, "timeout", 15.0, loc, minimum=0.1) or 15.0,
+                timeout=_num(raw, "timeout", 15.0, loc, minimum=0.1),
                 rate=_number(raw, "rate", None, loc, minimum=0.001),
-                concurrency=int(_number(raw, "concurrency", 100, loc, minimum=1) or 100),
+                concurrency=int(_num(raw, "concurrency", 100, loc, minimum=1)),
             )
         except ConfigError as exc:
             problems.append(exc)
@@ -182,9 +184,9 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
         try:
             r = data["retry"]
             retry = RetryConfig(
-                base=_number(r, "base", 1.0, loc, minimum=0.0) or 0.0,
-                cap=_number(r, "cap", 3600.0, loc, minimum=0.0) or 0.0,
-                retry_after_cap=_number(r, "retry_after_cap", 3600.0, loc, minimum=0.0) or 0.0,
+                base=_num(r, "base", 1.0, loc, minimum=0.0),
+                cap=_num(r, "cap", 3600.0, loc, minimum=0.0),
+                retry_after_cap=_num(r, "retry_after_cap", 3600.0, loc, minimum=0.0),
             )
         except ConfigError as exc:
             problems.append(exc)
@@ -194,16 +196,22 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
         try:
             b = data["breaker"]
             breaker = BreakerConfig(
-                window=int(_number(b, "window", 20, loc, minimum=1) or 20),
-                min_calls=int(_number(b, "min_calls", 5, loc, minimum=1) or 5),
-                failure_ratio=_number(b, "failure_ratio", 0.5, loc, minimum=0.0) or 0.5,
-                consecutive=int(_number(b, "consecutive", 5, loc, minimum=1) or 5),
-                open_seconds=_number(b, "open_seconds", 5.0, loc, minimum=0.0) or 0.0,
-                max_open_seconds=_number(b, "max_open_seconds", 120.0, loc, minimum=0.0) or 0.0,
+                window=int(_num(b, "window", 20, loc, minimum=1)),
+                min_calls=int(_num(b, "min_calls", 5, loc, minimum=1)),
+                failure_ratio=_num(b, "failure_ratio", 0.5, loc, minimum=0.0),
+                consecutive=int(_num(b, "consecutive", 5, loc, minimum=1)),
+                open_seconds=_num(b, "open_seconds", 5.0, loc, minimum=0.0),
+                max_open_seconds=_num(b, "max_open_seconds", 120.0, loc, minimum=0.0),
             )
         except ConfigError as exc:
             problems.append(exc)
     return Config(channels, providers, retry, breaker, source), problems
+
+
+def _num(table: Any, key: str, default: float, loc: str, *, minimum: float) -> float:
+    """Like :func:`_number` for settings that always have a value."""
+    value = _number(table, key, default, loc, minimum=minimum)
+    return default if value is None else value
 
 
 def _number(
@@ -219,20 +227,33 @@ def _number(
     return float(value)
 
 
-def _check_references(config: Config) -> list[ConfigError]:
+def _check_references(config: Config, settings: Settings) -> list[ConfigError]:
+    from pushguard.addresses import CHANNELS
     from pushguard.providers.registry import known_types
 
     problems: list[ConfigError] = []
     types = known_types()
     for channel, names in config.channels.items():
+        loc = f"{config.source}:channels.{channel}"
+        if channel not in CHANNELS:
+            problems.append(ConfigError(
+                f"unknown channel {channel!r}; one of: {', '.join(sorted(CHANNELS))}",
+                location=loc))
         for name in names:
-            if name not in config.providers:
+            p = config.providers.get(name)
+            if p is None:
                 problems.append(
-                    ConfigError(
-                        f"provider {name!r} is not defined in [providers]",
-                        location=f"{config.source}:channels.{channel}",
-                    )
+                    ConfigError(f"provider {name!r} is not defined in [providers]", location=loc)
                 )
+            elif p.type in types and channel not in types[p.type].meta.channels:
+                problems.append(ConfigError(
+                    f"provider {name!r} (type {p.type}) cannot send on {channel!r}; it serves "
+                    f"{', '.join(sorted(types[p.type].meta.channels))}", location=loc))
+            elif p.timeout * 2 > settings.lease_seconds:
+                problems.append(ConfigError(
+                    f"provider {name!r} timeout {p.timeout:g} s is more than half the lease "
+                    f"(PUSHGUARD_LEASE_SECONDS={settings.lease_seconds:g}); a slow call could "
+                    "outlive its lease and be sent twice", location=loc))
     for name, p in config.providers.items():
         loc = f"{config.source}:providers.{name}"
         if p.type not in types:

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -93,8 +92,9 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
     console = console or Console()
     logs.configure("ERROR")
     work = Path(workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    for leftover in work.glob("demo.db*"):  # only what an earlier demo wrote
+        leftover.unlink()
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     db_url = f"sqlite:///{work / 'demo.db'}"
 

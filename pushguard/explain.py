@@ -20,10 +20,10 @@ def _clock(ts: float) -> str:
 
 def explain(view: MessageView) -> dict[str, Any]:
     """A structured explanation: ``verdict``, ``summary``, ``steps``, ``fix``."""
-    steps: list[str] = []
+    steps: list[tuple[float, str]] = []
     for t in view.history:
         if t.src == State.ACCEPTED.value:
-            steps.append(f"{_clock(t.at)} accepted for {view.channel} {view.to} ({t.reason})")
+            steps.append((t.at, f"accepted for {view.channel} {view.to} ({t.reason})"))
             break
     providers_used: list[str] = []
     for a in view.attempts:
@@ -42,11 +42,11 @@ def explain(view: MessageView) -> dict[str, Any]:
                 line += " (the provider may have received it; a retry reuses the same id)"
         if a.latency_ms is not None:
             line += f" in {a.latency_ms:.0f} ms"
-        steps.append(f"{_clock(a.at)} {line}")
+        steps.append((a.at, line))
     for t in view.history:
         if t.src == State.SENDING.value and t.dst not in (State.DELIVERED.value,):
-            steps.append(f"{_clock(t.at)} -> {t.dst}: {t.reason}")
-    steps.sort()
+            steps.append((t.at, f"-> {t.dst}: {t.reason}"))
+    steps.sort(key=lambda step: step[0])
 
     retries = max(0, sum(1 for a in view.attempts if a.outcome != "lost") - 1)
     failed_over = len(providers_used) > 1
@@ -72,7 +72,7 @@ def explain(view: MessageView) -> dict[str, Any]:
         verdict = "pending"
         summary = f"Not finished: {state.value}"
         if view.failure is not None:
-            summary += f"; last problem: {view.failure.explanation}"
+            summary += f"; last problem: {view.failure.explanation.rstrip('.')}"
             fix = view.failure.fix
         summary += f". Next try at {rfc3339(view.next_at)}; gives up at {rfc3339(view.expires_at)}."
     cause = view.failure.cause if view.failure and state is not State.DELIVERED else None
@@ -86,7 +86,7 @@ def explain(view: MessageView) -> dict[str, Any]:
         "fix": fix,
         "retries": retries,
         "providers": providers_used,
-        "steps": steps,
+        "steps": [f"{_clock(at)} {text}" for at, text in steps],
     }
 
 

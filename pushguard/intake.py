@@ -45,9 +45,10 @@ class MessageIn(BaseModel):
     ttl: int | None = Field(default=None, ge=1, description="seconds the message may wait")
 
 
-def request_hash(item: MessageIn) -> str:
-    """A fingerprint of what was asked, idempotency key excluded."""
-    body = item.model_dump(mode="json", exclude={"idempotency_key"})
+def request_hash(msg: NewMessage) -> str:
+    """A fingerprint of what was asked, after normalisation and without the idempotency key:
+    ``+1 415 555 0100`` and ``+14155550100`` are the same request."""
+    body = [msg.channel, msg.to, msg.content, msg.topic, msg.priority, msg.send_at, msg.ttl]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,7 +141,7 @@ class Intake:
         send_at = _timestamp(item.send_at)
         if send_at is not None and send_at > time.time() + MAX_SEND_AHEAD:
             raise InputError(f("send_at"), "must be within a year from now")
-        return NewMessage(
+        msg = NewMessage(
             channel=item.channel,
             to=to,
             content=item.content,
@@ -149,8 +150,10 @@ class Intake:
             send_at=send_at,
             ttl=ttl,
             idempotency_key=key,
-            request_hash=request_hash(item) if key is not None else None,
         )
+        if key is not None:
+            msg.request_hash = request_hash(msg)
+        return msg
 
     def submit(
         self, messages: Sequence[NewMessage], *, scope: str

@@ -69,6 +69,10 @@ class Metrics:
             "pushguard_failovers", "Attempts moved to another provider", ["channel", "src"],
             registry=r,
         )
+        self.leases_reclaimed = Counter(
+            "pushguard_leases_reclaimed", "Messages re-queued because their worker died",
+            registry=r,
+        )
         self.latency = Histogram(
             "pushguard_provider_latency_seconds", "Provider call latency", ["provider"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

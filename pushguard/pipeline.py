@@ -7,6 +7,7 @@ It writes nothing itself: the worker records outcomes in batches.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,10 +19,16 @@ from pushguard.exceptions import DeliveryError
 from pushguard.metrics import Metrics
 from pushguard.models import Attempt, Failure, Job, Outcome
 from pushguard.providers.base import Delivery, Provider
+from pushguard.ratelimit import TokenBucket
 from pushguard.retry import RetryPolicy, Verdict
 from pushguard.routing import Router
-from pushguard.states import State
+from pushguard.states import State, can_move
 from pushguard.taxonomy import Action
+
+NOT_SUPPRESSED_FIX = (
+    "Check the address: this answer can be temporary, so the address was not suppressed; "
+    "send again once it is fixed."
+)
 
 #: rate limits at these scopes concern one recipient, not the provider's health.
 RECIPIENT_SCOPES = frozenset({"recipient", "device", "topic", "domain"})
@@ -56,9 +63,12 @@ class Pipeline:
         self.policy = policy
         self.metrics = metrics or Metrics()
         self.log = log or structlog.get_logger("pushguard.pipeline")
+        self._buckets: dict[str, TokenBucket] = {}
 
     async def process(self, job: Job) -> Outcome:
         outcome = await self._process(job)
+        if not can_move(State.SENDING, outcome.state):  # pragma: no cover - a bug, not input
+            raise AssertionError(f"illegal transition sending -> {outcome.state}")
         self._count(job, outcome)
         return outcome
 
@@ -90,6 +100,7 @@ class Pipeline:
                 next_at=now + wait, avoid_provider=job.avoid_provider,
             )
         provider, breaker = chosen
+        await self._pace(provider)
         started = time.perf_counter()
         try:
             receipt = await provider.send(delivery)
@@ -117,6 +128,17 @@ class Pipeline:
         self.metrics.latency.labels(provider.name).observe(latency)
         return self._failed(job, delivery, provider, breaker, error, now, latency)
 
+    async def _pace(self, provider: Provider) -> None:
+        """Wait for the provider's token bucket, when it has a ``rate``."""
+        bucket = self._buckets.get(provider.name)
+        if bucket is None:
+            if not provider.config.rate:
+                return
+            rate = provider.config.rate
+            bucket = self._buckets[provider.name] = TokenBucket(rate, max(1.0, rate))
+        while wait := bucket.take():
+            await asyncio.sleep(wait)
+
     def _failed(
         self, job: Job, delivery: Delivery, provider: Provider, breaker: Breaker,
         error: DeliveryError, now: float, latency: float,
@@ -139,6 +161,9 @@ class Pipeline:
         )
         failure = failure_of(cause, provider=provider_name, detail=error.detail,
                              code=error.provider_code)
+        if cause.action is Action.SUPPRESS and error.suppress is False:
+            failure = Failure(failure.cause, failure.transient, failure.provider_code,
+                              failure.explanation, NOT_SUPPRESSED_FIX, provider_name)
         attempt = Attempt(
             delivery.attempt, now, provider_name,
             "retry" if decision.verdict is Verdict.RETRY else "failed",
@@ -192,7 +217,7 @@ class Pipeline:
             m.failures.labels(job.channel, provider, outcome.attempt.cause).inc()
         if outcome.state is State.RETRY_SCHEDULED and outcome.failure is not None:
             m.retries.labels(job.channel, outcome.failure.cause).inc()
-        if outcome.avoid_provider:
+        if outcome.attempt is not None and outcome.avoid_provider == outcome.attempt.provider:
             m.failovers.labels(job.channel, outcome.avoid_provider).inc()
         if outcome.state.terminal:
             cause = outcome.failure.cause if outcome.failure else ""

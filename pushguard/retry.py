@@ -14,6 +14,9 @@ from enum import StrEnum
 
 from pushguard.taxonomy import Action, Cause
 
+#: longest wait between two checks of a held message (credentials or sender setup broken).
+HOLD_RECHECK = 300.0
+
 
 class Verdict(StrEnum):
     RETRY = "retry"
@@ -79,6 +82,8 @@ class RetryPolicy:
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self.retry_after_cap))
             if cause.action is Action.HOLD:
+                # Held messages keep checking whether the fix is in, at most every 5 minutes.
+                delay = min(delay, max(cause.min_delay, HOLD_RECHECK))
                 reason = f"{cause.name}: held until fixed, next try in {delay:.1f} s"
             else:
                 reason = f"{cause.name}: retry {attempts + 1} in {delay:.1f} s"

@@ -44,8 +44,6 @@ class Settings:
     worker_batch: int = 200
     lease_seconds: float = 60.0
     poll_interval: float = 0.2
-    #: secret that signs links pushguard generates (unsubscribe, confirmation); random if unset.
-    signing_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -2,21 +2,23 @@
 
 ::
 
-    accepted ─► queued ─► sending ─► delivered
-                  ▲  │        │
-                  │  │        ├─► retry_scheduled ─► sending ...
-                  │  │        ├─► failed      (permanent cause)
-                  │  │        ├─► dead        (attempts exhausted)
-                  │  │        ├─► expired     (TTL reached, keeps the last cause)
-                  │  │        └─► suppressed  (address suppressed / no consent)
-                  │  ├─► deferred ─► queued   (policy: wait until an allowed time)
-                  │  ├─► suppressed
-                  │  └─► expired
-                  └── sending (lease expired: the work is re-claimed)
+    accepted ─┬─► queued ──────────┐
+              └─► suppressed       ▼
+                       ┌──────► sending ─┬─► delivered
+    retry_scheduled ───┤                 ├─► failed      (permanent cause; the address may
+    deferred ──────────┘                 │                also be put on the suppression list)
+         ▲    ▲                          ├─► dead        (attempts for the cause exhausted,
+         │    └──────────────────────────┤                or a worker died holding it 5 times)
+         │                               ├─► expired     (TTL reached; keeps the last cause)
+         └───────────────────────────────┼─► suppressed  (not sent: suppression list, policy)
+                                         ├─► retry_scheduled (transient failure, an open
+                                         │                circuit, or the worker's lease expired)
+                                         └─► deferred    (policy: wait until an allowed time)
 
 ``accepted`` exists only inside the intake transaction: a message is committed as ``queued``
-with both transitions recorded, so a 202 always names a message that a worker can claim.
-Terminal states never change again; every transition is recorded with its reason.
+(or ``suppressed``) and the ``accepted -> ...`` transition is recorded, so a 202 always names a
+message a worker can claim. Terminal states never change again. Every transition is a row in
+``events`` with its reason and cause; every call to a provider is a row in ``attempts``.
 """
 
 from __future__ import annotations
@@ -47,19 +49,15 @@ class State(StrEnum):
 TERMINAL = frozenset(
     {State.DELIVERED, State.SUPPRESSED, State.FAILED, State.EXPIRED, State.DEAD}
 )
-#: states a worker may claim (``sending`` only once its lease has expired).
-CLAIMABLE = frozenset({State.QUEUED, State.RETRY_SCHEDULED, State.DEFERRED, State.SENDING})
 
+_WAITING = frozenset({State.SENDING})
 ALLOWED: dict[State, frozenset[State]] = {
     State.ACCEPTED: frozenset({State.QUEUED, State.SUPPRESSED}),
-    State.QUEUED: frozenset({State.SENDING, State.DEFERRED, State.SUPPRESSED, State.EXPIRED}),
-    State.DEFERRED: frozenset({State.SENDING, State.QUEUED, State.SUPPRESSED, State.EXPIRED}),
-    State.RETRY_SCHEDULED: frozenset(
-        {State.SENDING, State.DEFERRED, State.SUPPRESSED, State.EXPIRED}
-    ),
+    State.QUEUED: _WAITING,
+    State.DEFERRED: _WAITING,
+    State.RETRY_SCHEDULED: _WAITING,
     State.SENDING: frozenset(
         {
-            State.SENDING,  # re-claimed after a lease expired
             State.DELIVERED,
             State.RETRY_SCHEDULED,
             State.DEFERRED,

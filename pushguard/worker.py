@@ -150,6 +150,7 @@ class Worker:
             try:
                 n = await self._db_call(self.store.reap)
                 if n:
+                    self.pipeline.metrics.leases_reclaimed.inc(n)
                     self.log.warning("leases_reclaimed", count=n)
             except StoreError as exc:
                 self.log.error("reap_failed", error=str(exc))

@@ -65,8 +65,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype.lower():
+            return JSONResponse(
+                error_body("unsupported_media_type", "send the body as JSON with "
+                           "Content-Type: application/json",
+                           [{"field": "Content-Type", "problem": "must be application/json"}]),
+                status_code=415,
+            )
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(
                 error_body("malformed_json", "the request body is not valid JSON",

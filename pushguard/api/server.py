@@ -97,9 +97,23 @@ class Accepted202(BaseModel):
 
 
 class BatchIn(BaseModel):
-    messages: list[dict[str, Any]] = Field(
+    messages: list[Any] = Field(
         description=f"up to {MAX_BATCH} messages, each shaped like POST /v1/messages"
     )
+
+
+def encode_cursor(created_at: float, message_id: str) -> str:
+    return f"{created_at!r}~{message_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    stamp, sep, mid = cursor.partition("~")
+    try:
+        if not sep or not mid:
+            raise ValueError
+        return float(stamp), mid
+    except ValueError:
+        raise InputError("cursor", "is not a cursor returned by this API") from None
 
 
 def authorize(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
@@ -147,7 +161,11 @@ def create_api(app: App) -> FastAPI:
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> dict[str, Any]:
         """Accept one message. It is committed before the 202 is sent."""
-        msg = app.intake.prepare(item, header_key=idempotency_key)
+        try:
+            msg = app.intake.prepare(item, header_key=idempotency_key)
+        except InputError:
+            app.metrics.rejected.labels("validation").inc()
+            raise
         (result,) = app.intake.submit([msg], scope=key_id)
         if isinstance(result, IdempotencyConflict):
             raise result
@@ -163,8 +181,10 @@ def create_api(app: App) -> FastAPI:
         batch: BatchIn,
         key_id: Auth,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-    ) -> dict[str, Any]:
-        """Accept up to 1000 messages; each gets its own result, invalid ones their own error."""
+    ) -> Any:
+        """Accept up to 1000 messages; each gets its own result, invalid ones their own error.
+
+        202 when at least one message was accepted, 422 when none was."""
         n = len(batch.messages)
         if n == 0 or n > MAX_BATCH:
             raise InputError("messages", f"must hold 1 to {MAX_BATCH} messages, got {n}")
@@ -193,7 +213,13 @@ def create_api(app: App) -> FastAPI:
                     results[i] = {"index": i, **accepted_json(res), "replayed": res.replayed}
         out = [r for r in results if r is not None]
         ok = sum(1 for r in out if "id" in r)
-        return {"accepted": ok, "rejected": n - ok, "results": out}
+        body = {"accepted": ok, "rejected": n - ok, "results": out}
+        if ok == 0:  # nothing was accepted: say so with the status, not only in the body
+            first = next(r["error"] for r in out if "error" in r)
+            return JSONResponse({**errors.error_body(
+                "validation_error", f"no message in the batch was accepted; first: "
+                f"{first['message']}", first.get("fields")), **body}, status_code=422)
+        return body
 
     def find(message_id: str) -> MessageView:
         view = store.get(message_id)
@@ -217,23 +243,24 @@ def create_api(app: App) -> FastAPI:
         state: Annotated[State | None, Query()] = None,
         cause: Annotated[str | None, Query(max_length=32)] = None,
         since: Annotated[datetime | None, Query()] = None,
-        before: Annotated[datetime | None, Query()] = None,
+        cursor: Annotated[str | None, Query(max_length=80,
+                                            description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         """Messages, newest first, filtered by state, failure cause and creation time."""
         if cause is not None and cause not in taxonomy.CAUSES:
             raise InputError("cause", f"unknown cause; one of: {', '.join(taxonomy.CAUSES)}")
-        for name, value in (("since", since), ("before", before)):
-            if value is not None and value.tzinfo is None:
-                raise InputError(name, "must be an RFC 3339 time with a timezone")
+        if since is not None and since.tzinfo is None:
+            raise InputError("since", "must be an RFC 3339 time with a timezone")
+        after = decode_cursor(cursor) if cursor else None
         views = store.list_messages(
             state=state.value if state else None, cause=cause,
-            since=since.timestamp() if since else None,
-            before=before.timestamp() if before else None, limit=limit,
+            since=since.timestamp() if since else None, cursor=after, limit=limit,
         )
+        last = views[-1] if len(views) == limit else None
         return {
             "messages": [message_json(v, full=False) for v in views],
-            "next_before": rfc3339(views[-1].created_at) if len(views) == limit else None,
+            "next_cursor": encode_cursor(last.created_at, last.id) if last else None,
         }
 
     @api.get("/v1/suppressions")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pushguard import taxonomy
+from pushguard.addresses import check_header_value
 from pushguard.config import resolve
 from pushguard.exceptions import ConfigError, DeliveryError
 from pushguard.providers.base import Delivery, Provider, ProviderContext, ProviderMeta, Receipt
@@ -79,7 +80,7 @@ def classify(resp: Response) -> DeliveryError | None:
         return DeliveryError(
             taxonomy.RATE_LIMITED, "endpoint asked us to slow down (429)",
             provider_code=code, status=status, raw=raw, retry_after=retry_after,
-            scope="recipient",
+            scope="endpoint",  # the breaker is per endpoint already, so it should count this
         )
     if status >= 500:
         if status == 504:
@@ -125,7 +126,7 @@ class WebhookProvider(Provider):
     meta = ProviderMeta(
         type="webhook",
         channels=frozenset({"webhook"}),
-        secret_options=frozenset({"secret", "secrets"}),
+        secret_options=frozenset({"secret", "secrets", "headers"}),
         description="HTTP POST signed per Standard Webhooks",
     )
 
@@ -138,7 +139,11 @@ class WebhookProvider(Provider):
             concurrency=config.concurrency,
             provider=self.name,
         )
-        self.headers = {str(k): str(v) for k, v in dict(config.options.get("headers", {})).items()}
+        headers = resolve(dict(config.options.get("headers", {})),
+                          location=f"providers.{config.name}.headers")
+        self.headers = {str(k): str(v) for k, v in headers.items()}
+        for name, value in self.headers.items():
+            check_header_value(value, f"providers.{config.name}.headers.{name}")
 
     @staticmethod
     def _load_keys(config: ProviderConfig, context: ProviderContext) -> list[bytes]:

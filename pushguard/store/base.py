@@ -85,8 +85,9 @@ class Store(ABC):
         cause: str | None = None,
         since: float | None = None,
         limit: int = 100,
-        before: float | None = None,
-    ) -> list[MessageView]: ...
+        cursor: tuple[float, str] | None = None,
+    ) -> list[MessageView]:
+        """Newest first; ``cursor`` is the (created_at, id) of the last message already seen."""
 
     @abstractmethod
     def stats(self) -> QueueStats: ...

@@ -25,12 +25,14 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -378,7 +380,32 @@ class SQLStore(Store):
     def record(self, owner: str, outcomes: Sequence[Outcome]) -> int:
         if not outcomes:
             return 0
-        now = time.time()
+        with self._write() as conn:
+            # Only outcomes for rows this worker still holds count: if its lease expired and
+            # the reaper re-queued the message, the reaper already wrote the lost attempt and
+            # another worker owns what happens next.
+            held = self._held(conn, owner, [o.id for o in outcomes])
+            mine = [o for o in outcomes if o.id in held]
+            if mine:
+                self._write_outcomes(conn, owner, mine, time.time())
+        return len(mine)
+
+    def _held(self, conn: Connection, owner: str, ids: Sequence[str]) -> set[str]:
+        held: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            q = select(messages.c.id).where(
+                messages.c.id.in_(ids[i : i + _IN_CHUNK]),
+                messages.c.lease_owner == owner,
+                messages.c.state == State.SENDING.value,
+            )
+            if self.dialect == "postgresql":
+                q = q.with_for_update()
+            held.update(conn.execute(q).scalars())
+        return held
+
+    def _write_outcomes(
+        self, conn: Connection, owner: str, outcomes: Sequence[Outcome], now: float
+    ) -> None:
         ups, atts, evs, sups = [], [], [], []
         for o in outcomes:
             ups.append({
@@ -405,37 +432,35 @@ class SQLStore(Store):
                 ch, addr, reason = o.suppress
                 sups.append({"channel": ch, "address": addr, "reason": reason,
                              "source": f"message {o.id}", "created_at": now})
-        stmt = (
-            update(messages)
-            .where(messages.c.id == bindparam("b_id"),
-                   messages.c.lease_owner == bindparam("b_owner"),
-                   messages.c.state == State.SENDING.value)
-            .values(
-                state=bindparam("b_state"),
-                updated_at=bindparam("b_now"),
-                next_at=func.coalesce(bindparam("b_next", type_=Float), messages.c.next_at),
-                attempts=messages.c.attempts + bindparam("b_inc", type_=Integer),
-                lease_owner=None,
-                lease_until=None,
-                last_provider=func.coalesce(bindparam("b_provider", type_=String),
-                                            messages.c.last_provider),
-                avoid_provider=bindparam("b_avoid", type_=String),
-                last_cause=func.coalesce(bindparam("b_cause", type_=String),
-                                         messages.c.last_cause),
-                failure=func.coalesce(bindparam("b_failure", type_=Text), messages.c.failure),
-                delivered_at=bindparam("b_delivered", type_=Float),
-                provider_message_id=func.coalesce(bindparam("b_pmid", type_=String),
-                                                  messages.c.provider_message_id),
-            )
+        conn.execute(self._RECORD, ups)
+        if atts:
+            conn.execute(insert(attempts), atts)
+        conn.execute(insert(events), evs)
+        if sups:
+            conn.execute(self._insert_ignore(suppressions), sups)
+
+    _RECORD = (
+        update(messages)
+        .where(messages.c.id == bindparam("b_id"),
+               messages.c.lease_owner == bindparam("b_owner"),
+               messages.c.state == State.SENDING.value)
+        .values(
+            state=bindparam("b_state"),
+            updated_at=bindparam("b_now"),
+            next_at=func.coalesce(bindparam("b_next", type_=Float), messages.c.next_at),
+            attempts=messages.c.attempts + bindparam("b_inc", type_=Integer),
+            lease_owner=None,
+            lease_until=None,
+            last_provider=func.coalesce(bindparam("b_provider", type_=String),
+                                        messages.c.last_provider),
+            avoid_provider=bindparam("b_avoid", type_=String),
+            last_cause=func.coalesce(bindparam("b_cause", type_=String), messages.c.last_cause),
+            failure=func.coalesce(bindparam("b_failure", type_=Text), messages.c.failure),
+            delivered_at=bindparam("b_delivered", type_=Float),
+            provider_message_id=func.coalesce(bindparam("b_pmid", type_=String),
+                                              messages.c.provider_message_id),
         )
-        with self._write() as conn:
-            result = conn.execute(stmt, ups)
-            if atts:
-                conn.execute(insert(attempts), atts)
-            conn.execute(insert(events), evs)
-            if sups:
-                conn.execute(self._insert_ignore(suppressions), sups)
-        return int(result.rowcount) if result.rowcount is not None else len(ups)
+    )
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -489,17 +514,23 @@ class SQLStore(Store):
         cause: str | None = None,
         since: float | None = None,
         limit: int = 100,
-        before: float | None = None,
+        cursor: tuple[float, str] | None = None,
     ) -> list[MessageView]:
-        q = select(messages).order_by(messages.c.created_at.desc()).limit(limit)
+        q = (
+            select(messages)
+            .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+            .limit(limit)
+        )
         if state:
             q = q.where(messages.c.state == state)
         if cause:
             q = q.where(messages.c.last_cause == cause)
         if since is not None:
             q = q.where(messages.c.created_at >= since)
-        if before is not None:
-            q = q.where(messages.c.created_at < before)
+        if cursor is not None:
+            at, mid = cursor
+            q = q.where(or_(messages.c.created_at < at,
+                            and_(messages.c.created_at == at, messages.c.id < mid)))
         with self._read() as conn:
             return [self._view(r) for r in conn.execute(q)]
 

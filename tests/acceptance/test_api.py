@@ -188,3 +188,49 @@ def test_each_key_is_rate_limited_with_retry_after(live_api: LiveAPI) -> None:
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert limited.json()["error"]["type"] == "rate_limited"
     assert other == 200  # another key has its own bucket
+
+
+def test_pagination_walks_a_batch_without_skipping(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        c.post("/v1/messages/batch", json={"messages": [body() for _ in range(7)]})
+        seen: list[str] = []
+        cursor = None
+        for _ in range(10):
+            params: dict[str, Any] = {"limit": 3}
+            if cursor:
+                params["cursor"] = cursor
+            page = c.get("/v1/messages", params=params).json()
+            seen += [m["id"] for m in page["messages"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        bad = c.get("/v1/messages", params={"cursor": "garbage"})
+    assert len(seen) == 7 and len(set(seen)) == 7
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "cursor"
+
+
+def test_batch_items_that_are_not_objects_get_their_own_error(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        mixed = c.post("/v1/messages/batch", json={"messages": [body(), 42, "x"]})
+        none_ok = c.post("/v1/messages/batch", json={"messages": [42, body(to="nope")]})
+    assert mixed.status_code == 202
+    errs = [r for r in mixed.json()["results"] if "error" in r]
+    assert [e["error"]["fields"][0]["field"] for e in errs] == ["messages[1]", "messages[2]"]
+    assert none_ok.status_code == 422
+    assert none_ok.json()["accepted"] == 0 and len(none_ok.json()["results"]) == 2
+
+
+def test_non_json_content_type_is_415(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        r = c.post("/v1/messages", content=json.dumps(body()),
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.json()["error"]["type"] == "unsupported_media_type"
+
+
+def test_idempotency_compares_normalised_requests(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        a = c.post("/v1/messages", json=body(to="HTTP://127.0.0.1:9/hooks/a"),
+                   headers={"Idempotency-Key": "norm"})
+        b = c.post("/v1/messages", json=body(to="http://127.0.0.1:9/hooks/a"),
+                   headers={"Idempotency-Key": "norm"})
+    assert a.status_code == b.status_code == 202 and a.json() == b.json()

@@ -124,8 +124,17 @@ def test_record_writes_outcome_attempt_and_suppression(store: SQLStore) -> None:
 def test_record_by_a_worker_that_lost_its_lease_changes_nothing(store: SQLStore) -> None:
     store.enqueue([msg()], scope="s")
     (job,) = store.claim("w1", 1, 30)
-    assert store.record("intruder", [Outcome(job.id, State.DELIVERED, "x")]) == 0
-    assert store.get(job.id).state is State.SENDING  # type: ignore[union-attr]
+    late = Outcome(
+        job.id, State.FAILED, "late", provider="webhook",
+        attempt=Attempt(1, time.time(), "webhook", "failed", 1.0, 410, "HTTP 410",
+                        "UNREGISTERED_TOKEN"),
+        suppress=("webhook", job.to, "UNREGISTERED_TOKEN"),
+    )
+    assert store.record("intruder", [late]) == 0
+    view = store.get(job.id)
+    assert view is not None and view.state is State.SENDING
+    assert view.attempts == [] and [t.dst for t in view.history] == ["queued", "sending"]
+    assert store.suppressions() == []
 
 
 def test_reap_requeues_expired_leases_and_dead_letters_crash_loops(store: SQLStore) -> None:
