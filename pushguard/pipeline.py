@@ -64,6 +64,8 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.log = log or structlog.get_logger("pushguard.pipeline")
         self._buckets: dict[str, TokenBucket] = {}
+        #: prometheus label lookups cost a lock and a dict per call: keep the hot children.
+        self._children: dict[tuple[str, ...], Any] = {}
 
     async def process(self, job: Job) -> Outcome:
         outcome = await self._process(job)
@@ -112,7 +114,7 @@ class Pipeline:
         else:
             latency = time.perf_counter() - started
             breaker.success()
-            self.metrics.latency.labels(provider.name).observe(latency)
+            self._latency(provider.name).observe(latency)
             via = f" via {provider.name}"
             if job.avoid_provider and job.avoid_provider != provider.name:
                 via += f" (failed over from {job.avoid_provider})"
@@ -125,7 +127,7 @@ class Pipeline:
                 provider=provider.name, provider_message_id=receipt.provider_message_id,
             )
         latency = time.perf_counter() - started
-        self.metrics.latency.labels(provider.name).observe(latency)
+        self._latency(provider.name).observe(latency)
         return self._failed(job, delivery, provider, breaker, error, now, latency)
 
     async def _pace(self, provider: Provider) -> None:
@@ -208,11 +210,26 @@ class Pipeline:
             failure=failure_of(cause, provider=None, detail=detail), counts_attempt=False,
         )
 
+    def _latency(self, provider: str) -> Any:
+        child = self._children.get(("latency", provider))
+        if child is None:
+            child = self._children[("latency", provider)] = self.metrics.latency.labels(provider)
+        return child
+
     def _count(self, job: Job, outcome: Outcome) -> None:
         m = self.metrics
         provider = outcome.provider or ""
         if outcome.state is State.DELIVERED:
-            m.delivered.labels(job.channel, provider).inc()
+            key = ("delivered", job.channel, provider)
+            pair = self._children.get(key)
+            if pair is None:
+                pair = self._children[key] = (
+                    m.delivered.labels(job.channel, provider),
+                    m.finished.labels(job.channel, "delivered", ""),
+                )
+            pair[0].inc()
+            pair[1].inc()
+            return
         elif outcome.attempt is not None and outcome.attempt.cause:
             m.failures.labels(job.channel, provider, outcome.attempt.cause).inc()
         if outcome.state is State.RETRY_SCHEDULED and outcome.failure is not None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -55,6 +56,8 @@ class Worker:
         self.log = log or structlog.get_logger("pushguard.worker")
         self._pending: list[Outcome] = []
         self._flush_now = asyncio.Event()
+        self._want_more = asyncio.Event()
+        self._ready: deque[Job] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="pushguard-db")
         self.processed = 0
@@ -72,8 +75,13 @@ class Worker:
         try:
             await self._claim_loop(stop)
         finally:
-            if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=drain_timeout or self.lease / 2)
+            # Drain: what this worker holds (in flight or claimed ahead) is delivered, then
+            # recorded; nothing it holds is left to wait for a lease to expire.
+            deadline = asyncio.get_running_loop().time() + (drain_timeout or self.lease / 2)
+            while (self._tasks or self._ready) and asyncio.get_running_loop().time() < deadline:
+                self._start_ready()
+                if self._tasks:
+                    await asyncio.wait(set(self._tasks), timeout=0.1)
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
             self._flush_now.set()
@@ -83,36 +91,48 @@ class Worker:
             self.log.info("worker_stopped", worker=self.name, processed=self.processed)
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
+        """Keep up to one batch claimed ahead of the free slots, so no slot waits for a claim."""
         idle = self.poll
         while not stop.is_set():
-            free = self.concurrency - len(self._tasks)
+            room = self.concurrency + self.batch - len(self._tasks) - len(self._ready)
             # Backpressure: while outcomes cannot be written, stop taking new work.
             backlog = len(self._pending) > self.concurrency * 4
-            if free >= max(1, self.batch // 2) and not backlog:
+            want = min(room, self.batch)
+            if want >= max(1, self.batch // 2) and not backlog:
                 try:
-                    jobs = await self._db_call(self.store.claim, self.name, min(free, self.batch),
-                                               self.lease)
+                    jobs = await self._db_call(self.store.claim, self.name, want, self.lease)
                 except StoreError as exc:
                     self.store_errors += 1
                     self.log.error("claim_failed", error=str(exc))
                     jobs = []
                     await _sleep_or_stop(stop, min(5.0, idle * 4))
-                for job in jobs:
-                    task = asyncio.create_task(self._one(job))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                self._ready.extend(jobs)
+                self._start_ready()
                 if jobs:
                     idle = self.poll
-                    if len(jobs) == min(free, self.batch):
-                        await asyncio.sleep(0)
-                        continue
-            if self._tasks:
-                await asyncio.wait(
-                    set(self._tasks), timeout=idle, return_when=asyncio.FIRST_COMPLETED
-                )
+                    if len(jobs) == want:
+                        continue  # there is probably more: keep the buffer full
+            if self._tasks or self._ready:
+                # Woken by _done when the buffer runs low; waiting on the tasks themselves
+                # would cost O(in-flight) per completed message.
+                self._want_more.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._want_more.wait(), timeout=idle)
             else:
                 await _sleep_or_stop(stop, idle)
                 idle = min(idle * 1.5, max(self.poll, 1.0))
+
+    def _start_ready(self) -> None:
+        while self._ready and len(self._tasks) < self.concurrency:
+            task = asyncio.create_task(self._one(self._ready.popleft()))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._start_ready()
+        if len(self._ready) <= self.batch // 2:
+            self._want_more.set()
 
     async def _one(self, job: Job) -> None:
         outcome = await self.pipeline.process(job)

@@ -66,6 +66,7 @@ class HttpClient:
         self.provider = provider
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
+        self._targets: dict[str, str | None] = {}
 
     async def start(self) -> None:
         if self._session is None:
@@ -91,6 +92,24 @@ class HttpClient:
             await self._resolver.close()
             self._resolver = None
 
+    def _check_target(self, url: str) -> None:
+        """The SSRF check for IP-literal hosts, remembered per scheme and host: the guard's
+        verdict on a host cannot change while the process runs (names are re-checked by the
+        resolver at every new connection)."""
+        origin = url.split("/", 3)[2] if url.count("/") >= 2 else url
+        problem = self._targets.get(origin, "?")
+        if problem == "?":
+            try:
+                self.guard.check_connect_target(url)
+                problem = None
+            except InputError as exc:
+                problem = exc.problem
+            if len(self._targets) > 10_000:
+                self._targets.clear()
+            self._targets[origin] = problem
+        if problem is not None:
+            raise DeliveryError(taxonomy.VALIDATION_ERROR, problem, provider_code="SSRF_BLOCKED")
+
     async def post(
         self, url: str, *, data: bytes, headers: dict[str, str], max_body: int = 64 * 1024
     ) -> Response:
@@ -102,12 +121,7 @@ class HttpClient:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        try:
-            self.guard.check_connect_target(url)
-        except InputError as exc:
-            raise DeliveryError(
-                taxonomy.VALIDATION_ERROR, exc.problem, provider_code="SSRF_BLOCKED"
-            ) from exc
+        self._check_target(url)
         started = time.perf_counter()
         try:
             async with self._session.post(

@@ -56,7 +56,7 @@ from pushguard.models import (
 )
 from pushguard.states import State
 from pushguard.store.base import OutcomeRow, QueueStats, Store, Suppression
-from pushguard.store.schema import READY_STATES, api_keys, attempts, events, messages, suppressions
+from pushguard.store.schema import READY, READY_STATES, api_keys, attempts, events, messages, suppressions
 
 _IN_CHUNK = 500
 
@@ -292,7 +292,7 @@ class SQLStore(Store):
                 q = (
                     select(*self._JOB_COLS)
                     .where(
-                        messages.c.state.in_(READY_STATES),
+                        READY,
                         messages.c.priority == priority,
                         messages.c.next_at <= now,
                     )
@@ -547,7 +547,7 @@ class SQLStore(Store):
             }
             oldest = conn.execute(
                 select(func.min(messages.c.next_at)).where(
-                    messages.c.state.in_(READY_STATES), messages.c.next_at <= now
+                    READY, messages.c.next_at <= now
                 )
             ).scalar()
             nsup = conn.execute(select(func.count()).select_from(suppressions)).scalar() or 0

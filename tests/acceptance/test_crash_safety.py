@@ -38,9 +38,17 @@ def worker_env(db_url: str, secret: str) -> dict[str, str]:
     env.update(
         PUSHGUARD_DATABASE_URL=db_url, PUSHGUARD_WEBHOOK_SECRET=secret,
         PUSHGUARD_OUTBOUND_ALLOW="127.0.0.1", PUSHGUARD_LEASE_SECONDS="2",
-        PUSHGUARD_POLL_INTERVAL="0.05", PUSHGUARD_LOG_LEVEL="WARNING",
+        PUSHGUARD_POLL_INTERVAL="0.05", PUSHGUARD_LOG_LEVEL="INFO",
     )
     return env
+
+
+def wait_started(log: Path, starts: int, timeout: float = 30) -> None:
+    """Wait until the log shows ``starts`` worker starts (its signal handlers are then set)."""
+    deadline = time.monotonic() + timeout
+    while log.read_text().count('"worker_started"') < starts:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
 
 
 def wait_terminal(store: SQLStore, ids: list[str], timeout: float) -> None:
@@ -57,10 +65,10 @@ def wait_terminal(store: SQLStore, ids: list[str], timeout: float) -> None:
 def test_sigkill_at_random_points_loses_nothing(store_url: str, store: SQLStore,
                                                 tmp_path: Path, webhook_secret: str) -> None:
     records = tmp_path / "received.jsonl"
-    profile = {"seed": 3, "latency_ms": [5, 40]}
+    profile = {"seed": 3, "latency_ms": [40, 120]}  # slow enough to be killed mid-flight
     with SandboxThread(profiles={"webhook": profile}, webhook_secret=webhook_secret,
                        records_path=str(records)) as sb:
-        n = 800
+        n = 2000
         accepted = store.enqueue(
             [NewMessage("webhook", f"{sb.http_url}/hooks/crash-{i % 13}", {"i": i},
                         idempotency_key=f"k{i}", request_hash="h") for i in range(n)],
@@ -70,15 +78,18 @@ def test_sigkill_at_random_points_loses_nothing(store_url: str, store: SQLStore,
         env = worker_env(store_url, webhook_secret)
         rng = random.Random(int(os.environ.get("CRASH_SEED", "20261122")))
         log = tmp_path / "worker.log"
+        log.touch()
         kills = 0
         for _ in range(5):
             proc = start_worker(env, tmp_path, log)
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.5, 1.5))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             kills += 1
+        assert store.stats().by_state, "the kills came too late to interrupt anything"
         final = start_worker(env, tmp_path, log)
         try:
+            wait_started(log, log.read_text().count('"worker_started"') + 1)
             wait_terminal(store, ids, timeout=60)
         finally:
             final.send_signal(signal.SIGTERM)
@@ -120,7 +131,9 @@ def test_sigterm_drains_and_exits_cleanly(sqlite_url: str, tmp_path: Path,
             scope="t",
         )
         log = tmp_path / "worker.log"
+        log.touch()
         proc = start_worker(worker_env(sqlite_url, webhook_secret), tmp_path, log)
+        wait_started(log, 1)
         deadline = time.monotonic() + 20
         while store.stats().by_state.get("sending", 0) == 0:
             assert time.monotonic() < deadline, log.read_text()
@@ -149,8 +162,10 @@ def test_a_locked_database_delays_but_loses_nothing(sqlite_url: str, tmp_path: P
         release = threading.Timer(3.0, holder.rollback)
         release.start()
         log = tmp_path / "worker.log"
+        log.touch()
         proc = start_worker(worker_env(sqlite_url, webhook_secret), tmp_path, log)
         try:
+            wait_started(log, 1)
             wait_terminal(store, [a.id for a in accepted], timeout=40)  # type: ignore[union-attr]
         finally:
             release.cancel()
