@@ -56,7 +56,15 @@ from pushguard.models import (
 )
 from pushguard.states import State
 from pushguard.store.base import OutcomeRow, QueueStats, Store, Suppression
-from pushguard.store.schema import READY, READY_STATES, api_keys, attempts, events, messages, suppressions
+from pushguard.store.schema import (
+    READY,
+    READY_STATES,
+    api_keys,
+    attempts,
+    events,
+    messages,
+    suppressions,
+)
 
 _IN_CHUNK = 500
 
