@@ -28,6 +28,9 @@ from pushguard.store.base import Store
 
 T = TypeVar("T")
 
+#: longest time an outcome waits before it is written when fewer than a batch are pending.
+FLUSH_INTERVAL = 0.05
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
@@ -55,8 +58,9 @@ class Worker:
         self.name = name or worker_name()
         self.log = log or structlog.get_logger("pushguard.worker")
         self._pending: list[Outcome] = []
-        self._flush_now = asyncio.Event()
-        self._want_more = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._quiet_until = 0.0
+        self._drain_deadline = 0.0
         self._ready: deque[Job] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="pushguard-db")
@@ -68,59 +72,87 @@ class Worker:
         return await loop.run_in_executor(self._db, fn, *args)
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float | None = None) -> None:
-        """Deliver until ``stop`` is set, then drain and return."""
-        self.log.info("worker_started", worker=self.name, concurrency=self.concurrency)
-        flusher = asyncio.create_task(self._flusher(stop))
-        reaper = asyncio.create_task(self._reaper(stop))
-        try:
-            await self._claim_loop(stop)
-        finally:
-            # Drain: what this worker holds (in flight or claimed ahead) is delivered, then
-            # recorded; nothing it holds is left to wait for a lease to expire.
-            deadline = asyncio.get_running_loop().time() + (drain_timeout or self.lease / 2)
-            while (self._tasks or self._ready) and asyncio.get_running_loop().time() < deadline:
-                self._start_ready()
-                if self._tasks:
-                    await asyncio.wait(set(self._tasks), timeout=0.1)
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
-            self._flush_now.set()
-            await flusher
-            await self._flush_all()
-            self._db.shutdown(wait=True)
-            self.log.info("worker_stopped", worker=self.name, processed=self.processed)
+        """Deliver until ``stop`` is set, then drain and return.
 
-    async def _claim_loop(self, stop: asyncio.Event) -> None:
-        """Keep up to one batch claimed ahead of the free slots, so no slot waits for a claim."""
-        idle = self.poll
-        while not stop.is_set():
-            room = self.concurrency + self.batch - len(self._tasks) - len(self._ready)
-            # Backpressure: while outcomes cannot be written, stop taking new work.
-            backlog = len(self._pending) > self.concurrency * 4
-            want = min(room, self.batch)
-            if want >= max(1, self.batch // 2) and not backlog:
-                try:
-                    jobs = await self._db_call(self.store.claim, self.name, want, self.lease)
-                except StoreError as exc:
-                    self.store_errors += 1
-                    self.log.error("claim_failed", error=str(exc))
-                    jobs = []
-                    await _sleep_or_stop(stop, min(5.0, idle * 4))
-                self._ready.extend(jobs)
+        Draining delivers what this worker holds (in flight or claimed ahead) and records it,
+        for at most ``drain_timeout`` seconds (default: half the lease); anything still held
+        then is left to the lease.
+        """
+        self.log.info("worker_started", worker=self.name, concurrency=self.concurrency)
+        reaper = asyncio.create_task(self._reaper(stop))
+        loop = asyncio.get_running_loop()
+        self._drain_deadline = 0.0
+        waiter = asyncio.create_task(stop.wait())
+        waiter.add_done_callback(lambda _: self._on_stop(loop.time() + (
+            drain_timeout or self.lease / 2)))
+        try:
+            await self._db_loop(stop)
+        finally:
+            waiter.cancel()
+            reaper.cancel()
+            await asyncio.gather(reaper, waiter, return_exceptions=True)
+            self._db.shutdown(wait=True)
+            self.log.info("worker_stopped", worker=self.name, processed=self.processed,
+                          abandoned=len(self._tasks) + len(self._ready))
+
+    def _on_stop(self, deadline: float) -> None:
+        self._drain_deadline = deadline
+        self._wake.set()
+
+    def _claim_size(self, stopping: bool) -> int:
+        """How many to claim now: enough to keep one batch ready ahead of the free slots."""
+        if stopping or asyncio.get_running_loop().time() < self._quiet_until:
+            return 0
+        # Backpressure: while outcomes cannot be written, take no new work.
+        if len(self._pending) > self.concurrency * 4:
+            return 0
+        room = self.concurrency + self.batch - len(self._tasks) - len(self._ready)
+        want = min(room, self.batch)
+        return want if want >= max(1, self.batch // 2) else 0
+
+    async def _db_loop(self, stop: asyncio.Event) -> None:
+        """The one place this worker talks to the queue: each cycle records the outcomes that
+        came in since the last one and claims the next jobs, in one transaction."""
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            stopping = stop.is_set()
+            if stopping:
                 self._start_ready()
-                if jobs:
-                    idle = self.poll
-                    if len(jobs) == want:
-                        continue  # there is probably more: keep the buffer full
-            if self._tasks or self._ready:
-                # Woken by _done when the buffer runs low; waiting on the tasks themselves
-                # would cost O(in-flight) per completed message.
-                self._want_more.clear()
+                held = self._tasks or self._ready
+                if (not held and not self._pending) or loop.time() > self._drain_deadline:
+                    return
+            want = self._claim_size(stopping)
+            if want == 0 and len(self._pending) < self.batch:
+                # Nothing worth a transaction yet: wait for a full batch of outcomes, a
+                # draining buffer, a stop, or a short while (so outcomes are not held long).
+                self._wake.clear()
+                timeout = FLUSH_INTERVAL if self._pending or self._tasks else self.poll
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._want_more.wait(), timeout=idle)
-            else:
-                await _sleep_or_stop(stop, idle)
-                idle = min(idle * 1.5, max(self.poll, 1.0))
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                want = self._claim_size(stop.is_set())
+                if want == 0 and not self._pending:
+                    continue
+            outcomes, self._pending = self._pending, []
+            try:
+                jobs = await self._db_call(self.store.exchange, self.name, outcomes, want,
+                                           self.lease)
+            except StoreError as exc:
+                # Keep the outcomes and try again: a locked or full database must not turn
+                # delivered messages into lost ones. If we die first, leases expire and the
+                # messages are re-sent (at-least-once, same webhook-id).
+                self.store_errors += 1
+                self.log.error("store_failed", error=str(exc), pending=len(outcomes))
+                self._pending = outcomes + self._pending
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            if want and len(jobs) < want:
+                # The queue ran dry: look again after the poll interval, not at once.
+                self._quiet_until = loop.time() + self.poll
+            self._ready.extend(jobs)
+            self._start_ready()
 
     def _start_ready(self) -> None:
         while self._ready and len(self._tasks) < self.concurrency:
@@ -131,38 +163,14 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._start_ready()
-        if len(self._ready) <= self.batch // 2:
-            self._want_more.set()
+        if len(self._ready) <= self.batch // 2 or len(self._pending) >= self.batch:
+            self._wake.set()
 
     async def _one(self, job: Job) -> None:
         outcome = await self.pipeline.process(job)
+        # Look up self._pending only now: the DB loop swaps in a new list while we await.
         self._pending.append(outcome)
         self.processed += 1
-        if len(self._pending) >= self.batch:
-            self._flush_now.set()
-
-    async def _flusher(self, stop: asyncio.Event) -> None:
-        while not (stop.is_set() and not self._tasks):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), timeout=0.05)
-            self._flush_now.clear()
-            await self._flush_all()
-
-    async def _flush_all(self) -> None:
-        delay = 0.1
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._db_call(self.store.record, self.name, batch)
-            except StoreError as exc:
-                # Keep the outcomes and try again: a locked or full database must not turn
-                # delivered messages into lost ones. If we die first, leases expire and the
-                # messages are re-sent (at-least-once, same webhook-id).
-                self.store_errors += 1
-                self.log.error("record_failed", error=str(exc), pending=len(batch))
-                self._pending = batch + self._pending
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _reaper(self, stop: asyncio.Event) -> None:
         interval = max(0.5, self.lease / 4)

@@ -67,6 +67,12 @@ class Store(ABC):
         """Lease up to ``limit`` due messages, highest priority and most overdue first."""
 
     @abstractmethod
+    def exchange(
+        self, owner: str, outcomes: Sequence[Outcome], limit: int, lease: float
+    ) -> list[Job]:
+        """:meth:`record` then :meth:`claim`, in one transaction: one commit per cycle."""
+
+    @abstractmethod
     def reap(self, limit: int = 1000) -> int:
         """Return messages whose lease expired (their worker died) to the queue."""
 

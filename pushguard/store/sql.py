@@ -290,42 +290,53 @@ class SQLStore(Store):
     )
 
     def claim(self, owner: str, limit: int, lease: float) -> list[Job]:
-        now = time.time()
         with self._write() as conn:
-            rows: list[Any] = []
-            for priority in (0, 1, 2):
-                need = limit - len(rows)
-                if need <= 0:
-                    break
-                q = (
-                    select(*self._JOB_COLS)
-                    .where(
-                        READY,
-                        messages.c.priority == priority,
-                        messages.c.next_at <= now,
-                    )
-                    .order_by(messages.c.next_at)
-                    .limit(need)
+            return self._claim(conn, owner, limit, lease)
+
+    def exchange(
+        self, owner: str, outcomes: Sequence[Outcome], limit: int, lease: float
+    ) -> list[Job]:
+        with self._write() as conn:
+            if outcomes:
+                self._record(conn, owner, outcomes)
+            return self._claim(conn, owner, limit, lease) if limit > 0 else []
+
+    def _claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
+        now = time.time()
+        rows: list[Any] = []
+        for priority in (0, 1, 2):
+            need = limit - len(rows)
+            if need <= 0:
+                break
+            q = (
+                select(*self._JOB_COLS)
+                .where(
+                    READY,
+                    messages.c.priority == priority,
+                    messages.c.next_at <= now,
                 )
-                if self.dialect == "postgresql":
-                    q = q.with_for_update(skip_locked=True)
-                rows.extend(conn.execute(q).all())
-            if not rows:
-                return []
-            ids = [r.id for r in rows]
-            for i in range(0, len(ids), _IN_CHUNK):
-                conn.execute(
-                    update(messages)
-                    .where(messages.c.id.in_(ids[i : i + _IN_CHUNK]))
-                    .values(state=State.SENDING.value, lease_owner=owner,
-                            lease_until=now + lease, updated_at=now)
-                )
-            conn.execute(
-                insert(events),
-                [{"message_id": r.id, "at": now, "src": r.state, "dst": State.SENDING.value,
-                  "reason": f"claimed by {owner}", "cause": None} for r in rows],
+                .order_by(messages.c.next_at)
+                .limit(need)
             )
-            blocked = self._suppressed(conn, [(r.channel, r.to_addr) for r in rows])
+            if self.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows.extend(conn.execute(q).all())
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        for i in range(0, len(ids), _IN_CHUNK):
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids[i : i + _IN_CHUNK]))
+                .values(state=State.SENDING.value, lease_owner=owner,
+                        lease_until=now + lease, updated_at=now)
+            )
+        conn.execute(
+            insert(events),
+            [{"message_id": r.id, "at": now, "src": r.state, "dst": State.SENDING.value,
+              "reason": f"claimed by {owner}", "cause": None} for r in rows],
+        )
+        blocked = self._suppressed(conn, [(r.channel, r.to_addr) for r in rows])
         return [
             Job(
                 id=r.id, channel=r.channel, to=r.to_addr, content=json.loads(r.content),
@@ -389,13 +400,16 @@ class SQLStore(Store):
         if not outcomes:
             return 0
         with self._write() as conn:
-            # Only outcomes for rows this worker still holds count: if its lease expired and
-            # the reaper re-queued the message, the reaper already wrote the lost attempt and
-            # another worker owns what happens next.
-            held = self._held(conn, owner, [o.id for o in outcomes])
-            mine = [o for o in outcomes if o.id in held]
-            if mine:
-                self._write_outcomes(conn, owner, mine, time.time())
+            return self._record(conn, owner, outcomes)
+
+    def _record(self, conn: Connection, owner: str, outcomes: Sequence[Outcome]) -> int:
+        # Only outcomes for rows this worker still holds count: if its lease expired and the
+        # reaper re-queued the message, the reaper already wrote the lost attempt and another
+        # worker owns what happens next.
+        held = self._held(conn, owner, [o.id for o in outcomes])
+        mine = [o for o in outcomes if o.id in held]
+        if mine:
+            self._write_outcomes(conn, owner, mine, time.time())
         return len(mine)
 
     def _held(self, conn: Connection, owner: str, ids: Sequence[str]) -> set[str]:

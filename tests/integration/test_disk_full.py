@@ -76,17 +76,18 @@ async def test_worker_keeps_outcomes_until_it_can_write_them(sqlite_store: SQLSt
     )
     app = App(settings=Settings(), store=sqlite_store, config=config)
     ids = [r.id for r in sqlite_store.enqueue(  # type: ignore[union-attr]
-        [NewMessage("webhook", f"a{i}", {"i": i}) for i in range(40)], scope="t")]
+        [NewMessage("webhook", f"a{i}", {"i": i}) for i in range(200)], scope="t")]
     disk = Disk(sqlite_store)
     providers = app.build_providers()
-    worker = app.build_worker(providers, poll=0.02, concurrency=40, batch=40)
+    # 200 outcomes in one write need new pages in every table they touch, so "full" bites.
+    worker = app.build_worker(providers, poll=0.02, concurrency=200, batch=200)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await asyncio.sleep(0.1)  # claimed, now in flight at the provider
     disk.full = True
     await asyncio.sleep(1.5)  # deliveries finish; their outcomes cannot be written
     assert worker.store_errors > 0
-    assert sqlite_store.stats().by_state.get("sending") == 40
+    assert sqlite_store.stats().by_state.get("sending") == 200
     disk.full = False
     for _ in range(100):
         await asyncio.sleep(0.05)

@@ -140,3 +140,16 @@ async def test_high_priority_goes_before_bulk(store: SQLStore) -> None:
     providers = await run_until_settled(app, ids, concurrency=5, batch=5)
     sent = [d.to for d in providers["p"].sent]  # type: ignore[attr-defined]
     assert sent[0] == "h"
+
+
+async def test_every_outcome_is_recorded_once_under_load(store: SQLStore) -> None:
+    """Outcomes finishing while a DB cycle is in progress must not be dropped (they would sit
+    in `sending` until their lease expired, then be sent twice)."""
+    app = make_app(store, {"p": {"default": "ok", "delay": 0.01}}, ["p"])
+    ids = enqueue(store, [f"m{i}" for i in range(600)])
+    providers = await run_until_settled(app, ids, timeout=30, concurrency=50, batch=50)
+    sent = [d.message_id for d in providers["p"].sent]  # type: ignore[attr-defined]
+    assert len(sent) == 600 and set(sent) == set(ids)
+    views = [store.get(i) for i in ids]
+    assert all(v is not None and v.state is State.DELIVERED for v in views)
+    assert not any(a.outcome == "lost" for v in views if v for a in v.attempts)
