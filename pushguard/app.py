@@ -24,7 +24,7 @@ from pushguard.routing import Router
 from pushguard.settings import Settings
 from pushguard.ssrf import OutboundGuard
 from pushguard.store.base import Store
-from pushguard.store.sql import SQLStore
+from pushguard.store.sql import SQLStore, normalize_url
 from pushguard.worker import Worker
 
 
@@ -69,10 +69,19 @@ class App:
         policy = RetryPolicy(base=r.base, cap=r.cap, retry_after_cap=r.retry_after_cap)
         return Pipeline(router, policy, metrics=self.metrics)
 
+    def worker_store(self) -> Store:
+        """The store a worker writes through: relaxed commits unless configured otherwise,
+        or the injected store (tests)."""
+        if not isinstance(self.store, SQLStore) or self.settings.worker_commits == "full":
+            return self.store
+        if self.store.url != normalize_url(self.settings.database_url):
+            return self.store  # built with a store of its own: respect it
+        return SQLStore(self.settings.database_url, relaxed_commits=True)
+
     def build_worker(self, providers: dict[str, Provider], **overrides: float) -> Worker:
         s = self.settings
         return Worker(
-            self.store,
+            self.worker_store(),
             self.build_pipeline(providers),
             concurrency=int(overrides.get("concurrency", s.worker_concurrency)),
             batch=int(overrides.get("batch", s.worker_batch)),

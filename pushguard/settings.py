@@ -40,6 +40,9 @@ class Settings:
     api_burst: float = 200.0
     default_ttl: int = 86400
     max_ttl: int = 30 * 86400
+    #: ``relaxed``: a worker's bookkeeping commits survive a crash of the process but not a
+    #: power loss, which at worst re-delivers a message; ``full``: they survive both.
+    worker_commits: str = "relaxed"
     worker_concurrency: int = 200
     worker_batch: int = 200
     lease_seconds: float = 60.0
@@ -56,7 +59,10 @@ class Settings:
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        settings = cls(**values)
+        if settings.worker_commits not in ("relaxed", "full"):
+            raise ConfigError("expected 'relaxed' or 'full'", location=PREFIX + "WORKER_COMMITS")
+        return settings
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -21,10 +21,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    Float,
-    Integer,
-    String,
-    Text,
     and_,
     bindparam,
     create_engine,
@@ -56,6 +52,7 @@ from pushguard.models import (
 )
 from pushguard.states import State
 from pushguard.store.base import OutcomeRow, QueueStats, Store, Suppression
+from pushguard.store.queue import QueueSQL
 from pushguard.store.schema import (
     READY,
     READY_STATES,
@@ -76,15 +73,28 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _pg_relaxed(dbapi_conn: Any, _record: Any) -> None:
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SET synchronous_commit TO off")
+    dbapi_conn.commit()
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 class SQLStore(Store):
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    """``relaxed_commits`` trades durability of this store's own commits against power loss
+    (not against a crash of the process) for speed: SQLite ``synchronous=NORMAL``,
+    PostgreSQL ``synchronous_commit=off``. Workers use it for their bookkeeping, where a lost
+    commit only means a message is delivered again; intake never does."""
+
+    def __init__(self, url: str, *, echo: bool = False, relaxed_commits: bool = False) -> None:
         self.url = normalize_url(url)
+        self.relaxed_commits = relaxed_commits
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
+        self._queue = QueueSQL(self.dialect)
         try:
             if self.dialect == "sqlite":
                 self._writer = self._sqlite_engine(immediate=True, echo=echo)
@@ -94,6 +104,8 @@ class SQLStore(Store):
                     self.url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5
                 )
                 self._reader = self._writer
+                if relaxed_commits:
+                    event.listen(self._writer, "connect", _pg_relaxed)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database {parsed!r}: {exc}") from exc
 
@@ -112,7 +124,7 @@ class SQLStore(Store):
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={'NORMAL' if self.relaxed_commits else 'FULL'}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -190,7 +202,7 @@ class SQLStore(Store):
         results: list[Accepted | IdempotencyConflict | None] = [None] * len(items)
         with self._write() as conn:
             seen = self._existing_keys(conn, scope, [m.idempotency_key for m in items])
-            blocked = self._suppressed(conn, [(m.channel, m.to) for m in items])
+            blocked = self._queue.suppressed(conn, [(m.channel, m.to) for m in items])
             rows: list[dict[str, Any]] = []
             evs: list[dict[str, Any]] = []
             for i, m in enumerate(items):
@@ -266,28 +278,7 @@ class SQLStore(Store):
                 found[key] = (mid, rhash, st)
         return found
 
-    def _suppressed(
-        self, conn: Connection, pairs: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], str]:
-        addresses = sorted({a for _, a in pairs})
-        out: dict[tuple[str, str], str] = {}
-        for i in range(0, len(addresses), _IN_CHUNK):
-            q = select(suppressions.c.channel, suppressions.c.address, suppressions.c.reason,
-                       suppressions.c.source).where(
-                suppressions.c.address.in_(addresses[i : i + _IN_CHUNK])
-            )
-            for ch, addr, reason, source in conn.execute(q):
-                out[(ch, addr)] = f"{addr} is on the {ch} suppression list ({reason}, {source})"
-        return out
-
     # -- the queue --------------------------------------------------------------------------
-
-    _JOB_COLS = (
-        messages.c.id, messages.c.channel, messages.c.to_addr, messages.c.content,
-        messages.c.topic, messages.c.priority, messages.c.attempts, messages.c.state,
-        messages.c.created_at, messages.c.expires_at, messages.c.avoid_provider,
-        messages.c.last_cause,
-    )
 
     def claim(self, owner: str, limit: int, lease: float) -> list[Job]:
         with self._write() as conn:
@@ -302,51 +293,7 @@ class SQLStore(Store):
             return self._claim(conn, owner, limit, lease) if limit > 0 else []
 
     def _claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
-        now = time.time()
-        rows: list[Any] = []
-        for priority in (0, 1, 2):
-            need = limit - len(rows)
-            if need <= 0:
-                break
-            q = (
-                select(*self._JOB_COLS)
-                .where(
-                    READY,
-                    messages.c.priority == priority,
-                    messages.c.next_at <= now,
-                )
-                .order_by(messages.c.next_at)
-                .limit(need)
-            )
-            if self.dialect == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            rows.extend(conn.execute(q).all())
-        if not rows:
-            return []
-        ids = [r.id for r in rows]
-        for i in range(0, len(ids), _IN_CHUNK):
-            conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(ids[i : i + _IN_CHUNK]))
-                .values(state=State.SENDING.value, lease_owner=owner,
-                        lease_until=now + lease, updated_at=now)
-            )
-        conn.execute(
-            insert(events),
-            [{"message_id": r.id, "at": now, "src": r.state, "dst": State.SENDING.value,
-              "reason": f"claimed by {owner}", "cause": None} for r in rows],
-        )
-        blocked = self._suppressed(conn, [(r.channel, r.to_addr) for r in rows])
-        return [
-            Job(
-                id=r.id, channel=r.channel, to=r.to_addr, content=json.loads(r.content),
-                topic=r.topic, priority=r.priority, attempts=r.attempts,
-                prev_state=State(r.state), created_at=r.created_at, expires_at=r.expires_at,
-                avoid_provider=r.avoid_provider, last_cause=r.last_cause,
-                suppressed=blocked.get((r.channel, r.to_addr)),
-            )
-            for r in rows
-        ]
+        return self._queue.claim(conn, owner, limit, lease)
 
     def reap(self, limit: int = 1000) -> int:
         now = time.time()
@@ -406,83 +353,20 @@ class SQLStore(Store):
         # Only outcomes for rows this worker still holds count: if its lease expired and the
         # reaper re-queued the message, the reaper already wrote the lost attempt and another
         # worker owns what happens next.
-        held = self._held(conn, owner, [o.id for o in outcomes])
+        held = self._queue.held(conn, owner, [o.id for o in outcomes])
         mine = [o for o in outcomes if o.id in held]
         if mine:
             self._write_outcomes(conn, owner, mine, time.time())
         return len(mine)
 
-    def _held(self, conn: Connection, owner: str, ids: Sequence[str]) -> set[str]:
-        held: set[str] = set()
-        for i in range(0, len(ids), _IN_CHUNK):
-            q = select(messages.c.id).where(
-                messages.c.id.in_(ids[i : i + _IN_CHUNK]),
-                messages.c.lease_owner == owner,
-                messages.c.state == State.SENDING.value,
-            )
-            if self.dialect == "postgresql":
-                q = q.with_for_update()
-            held.update(conn.execute(q).scalars())
-        return held
-
     def _write_outcomes(
         self, conn: Connection, owner: str, outcomes: Sequence[Outcome], now: float
     ) -> None:
-        ups, atts, evs, sups = [], [], [], []
-        for o in outcomes:
-            ups.append({
-                "b_id": o.id, "b_owner": owner, "b_state": o.state.value, "b_now": now,
-                "b_next": o.next_at, "b_inc": 1 if (o.attempt and o.counts_attempt) else 0,
-                "b_provider": o.provider, "b_avoid": o.avoid_provider,
-                "b_cause": o.failure.cause if o.failure else None,
-                "b_failure": json.dumps(o.failure.as_dict()) if o.failure else None,
-                "b_delivered": now if o.state is State.DELIVERED else None,
-                "b_pmid": o.provider_message_id,
-            })
-            if o.attempt is not None:
-                a = o.attempt
-                atts.append({
-                    "message_id": o.id, "number": a.number, "at": a.at, "provider": a.provider,
-                    "outcome": a.outcome, "latency_ms": a.latency_ms, "status": a.status,
-                    "provider_code": a.provider_code, "cause": a.cause,
-                    "maybe_sent": a.maybe_sent, "detail": a.detail, "raw": a.raw,
-                })
-            evs.append({"message_id": o.id, "at": now, "src": State.SENDING.value,
-                        "dst": o.state.value, "reason": o.reason,
-                        "cause": o.failure.cause if o.failure else None})
-            if o.suppress is not None:
-                ch, addr, reason = o.suppress
-                sups.append({"channel": ch, "address": addr, "reason": reason,
-                             "source": f"message {o.id}", "created_at": now})
-        conn.execute(self._RECORD, ups)
-        if atts:
-            conn.execute(insert(attempts), atts)
-        conn.execute(insert(events), evs)
+        sups = self._queue.record(conn, owner, outcomes, now)
         if sups:
-            conn.execute(self._insert_ignore(suppressions), sups)
-
-    _RECORD = (
-        update(messages)
-        .where(messages.c.id == bindparam("b_id"),
-               messages.c.lease_owner == bindparam("b_owner"),
-               messages.c.state == State.SENDING.value)
-        .values(
-            state=bindparam("b_state"),
-            updated_at=bindparam("b_now"),
-            next_at=func.coalesce(bindparam("b_next", type_=Float), messages.c.next_at),
-            attempts=messages.c.attempts + bindparam("b_inc", type_=Integer),
-            lease_owner=None,
-            lease_until=None,
-            last_provider=func.coalesce(bindparam("b_provider", type_=String),
-                                        messages.c.last_provider),
-            avoid_provider=bindparam("b_avoid", type_=String),
-            last_cause=func.coalesce(bindparam("b_cause", type_=String), messages.c.last_cause),
-            failure=func.coalesce(bindparam("b_failure", type_=Text), messages.c.failure),
-            delivered_at=bindparam("b_delivered", type_=Float),
-            provider_message_id=func.coalesce(bindparam("b_pmid", type_=String),
-                                              messages.c.provider_message_id),
-        )
-    )
+            keys = ("channel", "address", "reason", "source", "created_at")
+            conn.execute(self._insert_ignore(suppressions), [dict(zip(keys, row, strict=True))
+                                                              for row in sups])
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -1,0 +1,141 @@
+"""The queue's hot path in plain SQL: claim a batch, record a batch.
+
+These statements run once per batch for every message a worker handles, so they skip
+SQLAlchemy's per-row parameter processing and go to the driver directly (executemany with
+tuples). Everything else in the store uses SQLAlchemy Core. Keep the SQL portable between
+SQLite and PostgreSQL; ``?`` marks become ``%s`` for psycopg.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from pushguard.models import Job, Outcome
+from pushguard.states import State
+
+CHUNK = 500
+
+_JOB_COLUMNS = (
+    "id, channel, to_addr, content, topic, priority, attempts, state, created_at, expires_at, "
+    "avoid_provider, last_cause"
+)
+# The condition must read exactly like the partial index's, or the planner will not use it.
+_CLAIM = (
+    f"SELECT {_JOB_COLUMNS} FROM messages "
+    "WHERE state IN ('queued', 'retry_scheduled', 'deferred') AND priority = ? AND next_at <= ? "
+    "ORDER BY next_at LIMIT ?"
+)
+_LEASE = "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, " \
+    "updated_at = ? WHERE id IN ({ids})"
+_EVENT = "INSERT INTO events (message_id, at, src, dst, reason, cause) VALUES (?, ?, ?, ?, ?, ?)"
+_SUPPRESSED = "SELECT channel, address, reason, source FROM suppressions WHERE address IN ({ids})"
+_HELD = "SELECT id FROM messages WHERE id IN ({ids}) AND lease_owner = ? AND state = 'sending'"
+_OUTCOME = (
+    "UPDATE messages SET state = ?, updated_at = ?, next_at = COALESCE(?, next_at), "
+    "attempts = attempts + ?, lease_owner = NULL, lease_until = NULL, "
+    "last_provider = COALESCE(?, last_provider), avoid_provider = ?, "
+    "last_cause = COALESCE(?, last_cause), failure = COALESCE(?, failure), delivered_at = ?, "
+    "provider_message_id = COALESCE(?, provider_message_id) "
+    "WHERE id = ? AND lease_owner = ? AND state = 'sending'"
+)
+_ATTEMPT = (
+    "INSERT INTO attempts (message_id, number, at, provider, outcome, latency_ms, status, "
+    "provider_code, cause, maybe_sent, detail, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class QueueSQL:
+    """The hot-path statements, written for one dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        self.pg = dialect == "postgresql"
+
+    def _sql(self, sql: str, n: int = 0) -> str:
+        if n:
+            sql = sql.replace("{ids}", ", ".join("?" * n))
+        return sql.replace("?", "%s") if self.pg else sql
+
+    def suppressed(self, conn: Connection, pairs: Sequence[tuple[str, str]]) -> dict[
+        tuple[str, str], str
+    ]:
+        addresses = sorted({a for _, a in pairs})
+        out: dict[tuple[str, str], str] = {}
+        for i in range(0, len(addresses), CHUNK):
+            chunk = addresses[i : i + CHUNK]
+            for ch, addr, reason, source in conn.exec_driver_sql(
+                self._sql(_SUPPRESSED, len(chunk)), tuple(chunk)
+            ):
+                out[(ch, addr)] = f"{addr} is on the {ch} suppression list ({reason}, {source})"
+        return out
+
+    def claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
+        now = time.time()
+        rows: list[Any] = []
+        sql = self._sql(_CLAIM) + (" FOR UPDATE SKIP LOCKED" if self.pg else "")
+        for priority in (0, 1, 2):
+            need = limit - len(rows)
+            if need <= 0:
+                break
+            rows.extend(conn.exec_driver_sql(sql, (priority, now, need)).all())
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            conn.exec_driver_sql(self._sql(_LEASE, len(chunk)),
+                                 (owner, now + lease, now, *chunk))
+        reason = f"claimed by {owner}"
+        conn.exec_driver_sql(
+            self._sql(_EVENT), [(r[0], now, r[7], "sending", reason, None) for r in rows]
+        )
+        blocked = self.suppressed(conn, [(r[1], r[2]) for r in rows])
+        return [
+            Job(
+                id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
+                priority=r[5], attempts=r[6], prev_state=State(r[7]), created_at=r[8],
+                expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
+                suppressed=blocked.get((r[1], r[2])),
+            )
+            for r in rows
+        ]
+
+    def held(self, conn: Connection, owner: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` this worker still holds under its lease."""
+        out: set[str] = set()
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            sql = self._sql(_HELD, len(chunk)) + (" FOR UPDATE" if self.pg else "")
+            out.update(r[0] for r in conn.exec_driver_sql(sql, (*chunk, owner)))
+        return out
+
+    def record(self, conn: Connection, owner: str, outcomes: Sequence[Outcome],
+               now: float) -> list[tuple[str, str, str, str, float]]:
+        """Write outcomes; returns the suppressions they ask for, for the caller to insert."""
+        ups, atts, evs, sups = [], [], [], []
+        for o in outcomes:
+            f = o.failure
+            ups.append((
+                o.state.value, now, o.next_at, 1 if (o.attempt and o.counts_attempt) else 0,
+                o.provider, o.avoid_provider, f.cause if f else None,
+                json.dumps(f.as_dict()) if f else None,
+                now if o.state is State.DELIVERED else None, o.provider_message_id,
+                o.id, owner,
+            ))
+            a = o.attempt
+            if a is not None:
+                atts.append((o.id, a.number, a.at, a.provider, a.outcome, a.latency_ms, a.status,
+                             a.provider_code, a.cause, a.maybe_sent, a.detail, a.raw))
+            evs.append((o.id, now, "sending", o.state.value, o.reason, f.cause if f else None))
+            if o.suppress is not None:
+                ch, addr, reason = o.suppress
+                sups.append((ch, addr, reason, f"message {o.id}", now))
+        conn.exec_driver_sql(self._sql(_OUTCOME), ups)
+        if atts:
+            conn.exec_driver_sql(self._sql(_ATTEMPT), atts)
+        conn.exec_driver_sql(self._sql(_EVENT), evs)
+        return sups
