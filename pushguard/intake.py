@@ -27,6 +27,19 @@ from pushguard.store.base import Store
 MAX_SEND_AHEAD = 366 * 86400
 
 
+MAX_FALLBACK_LEGS = 5
+
+
+class FallbackLeg(BaseModel):
+    """Where to try next when the message fails for good."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str = Field(max_length=32)
+    to: str = Field(min_length=1, max_length=8192)
+    content: dict[str, Any]
+
+
 class MessageIn(BaseModel):
     """One message as a client sends it."""
 
@@ -43,12 +56,17 @@ class MessageIn(BaseModel):
     priority: Literal["high", "normal", "bulk"] = "normal"
     send_at: AwareDatetime | None = Field(default=None, description="RFC 3339 time to send at")
     ttl: int | None = Field(default=None, ge=1, description="seconds the message may wait")
+    fallback: list[FallbackLeg] | None = Field(
+        default=None, max_length=MAX_FALLBACK_LEGS,
+        description="legs tried in order when the message fails for good (e.g. push -> sms)",
+    )
 
 
 def request_hash(msg: NewMessage) -> str:
     """A fingerprint of what was asked, after normalisation and without the idempotency key:
     ``+1 415 555 0100`` and ``+14155550100`` are the same request."""
-    body = [msg.channel, msg.to, msg.content, msg.topic, msg.priority, msg.send_at, msg.ttl]
+    body = [msg.channel, msg.to, msg.content, msg.topic, msg.priority, msg.send_at, msg.ttl,
+            msg.fallback]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -69,11 +87,21 @@ def problem_text(err: Mapping[str, Any]) -> str:
     return msg[0].lower() + msg[1:]
 
 
+def field_path(loc: Sequence[int | str]) -> str:
+    """``("fallback", 0, "to")`` -> ``fallback[0].to``."""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path"):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[InputError]:
     """Pydantic's errors as ``(field, problem)`` pairs."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"] if p != "body")
+        loc = field_path(err["loc"])
         field = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "body")
         out.append(InputError(field, problem_text(err)))
     return out
@@ -104,17 +132,7 @@ class Intake:
         def f(name: str) -> str:
             return prefix + name
 
-        if item.channel not in CHANNELS:
-            raise InputError(
-                f("channel"),
-                f"unknown channel {item.channel!r}; expected one of: {', '.join(sorted(CHANNELS))}",
-            )
-        if item.channel not in self.config.channels:
-            raise InputError(
-                f("channel"),
-                f"no provider is configured for channel {item.channel!r} "
-                f"(configured: {', '.join(sorted(self.config.channels))})",
-            )
+        to = self._target(item.channel, item.to, item.content, prefix)
         key = item.idempotency_key
         if header_key is not None:
             if key is not None and key != header_key:
@@ -124,17 +142,12 @@ class Intake:
             key = header_key
         if key is not None:
             check_header_value(key, f("idempotency_key"))
-        to = normalize_address(item.channel, item.to, guard=self.guard, field=f("to"))
-        size = len(json.dumps(item.content, separators=(",", ":")).encode())
-        if size > self.settings.max_content_bytes:
-            raise InputError(
-                f("content"), f"is {size} bytes; the limit is {self.settings.max_content_bytes}"
-            )
-        for pc in self.config.providers_for(item.channel):
-            try:
-                provider_class(pc.type).validate_content(item.channel, item.content)
-            except InputError as exc:
-                raise InputError(f(exc.field), exc.problem) from exc
+        legs = [
+            {"channel": leg.channel,
+             "to": self._target(leg.channel, leg.to, leg.content, f"{prefix}fallback[{i}]."),
+             "content": leg.content}
+            for i, leg in enumerate(item.fallback or [])
+        ]
         ttl = item.ttl if item.ttl is not None else self.settings.default_ttl
         if ttl > self.settings.max_ttl:
             raise InputError(f("ttl"), f"must be at most {self.settings.max_ttl} seconds")
@@ -150,10 +163,38 @@ class Intake:
             send_at=send_at,
             ttl=ttl,
             idempotency_key=key,
+            fallback=legs,
         )
         if key is not None:
             msg.request_hash = request_hash(msg)
         return msg
+
+    def _target(self, channel: str, to: str, content: dict[str, Any], prefix: str) -> str:
+        """Check one channel + address + content; returns the normalised address."""
+        if channel not in CHANNELS:
+            raise InputError(
+                prefix + "channel",
+                f"unknown channel {channel!r}; expected one of: {', '.join(sorted(CHANNELS))}",
+            )
+        if channel not in self.config.channels:
+            raise InputError(
+                prefix + "channel",
+                f"no provider is configured for channel {channel!r} "
+                f"(configured: {', '.join(sorted(self.config.channels))})",
+            )
+        address = normalize_address(channel, to, guard=self.guard, field=prefix + "to")
+        size = len(json.dumps(content, separators=(",", ":")).encode())
+        if size > self.settings.max_content_bytes:
+            raise InputError(
+                prefix + "content",
+                f"is {size} bytes; the limit is {self.settings.max_content_bytes}",
+            )
+        for pc in self.config.providers_for(channel):
+            try:
+                provider_class(pc.type).validate_content(channel, content)
+            except InputError as exc:
+                raise InputError(prefix + exc.field, exc.problem) from exc
+        return address
 
     def submit(
         self, messages: Sequence[NewMessage], *, scope: str

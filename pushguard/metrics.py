@@ -69,6 +69,10 @@ class Metrics:
             "pushguard_failovers", "Attempts moved to another provider", ["channel", "src"],
             registry=r,
         )
+        self.fallbacks = Counter(
+            "pushguard_fallbacks", "Fallback legs started, by channel pair", ["src", "dst"],
+            registry=r,
+        )
         self.leases_reclaimed = Counter(
             "pushguard_leases_reclaimed", "Messages re-queued because their worker died",
             registry=r,

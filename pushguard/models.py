@@ -31,6 +31,10 @@ class NewMessage:
     ttl: int = 86400
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: legs to try, in order, when this message fails for good: {"channel", "to", "content"}
+    fallback: list[dict[str, Any]] = field(default_factory=list)
+    #: the message this one is a fallback leg of
+    parent_id: str | None = None
     id: str = field(default_factory=new_id)
 
 
@@ -61,6 +65,7 @@ class Job:
     last_cause: str | None = None
     #: why the address is on the suppression list, if it is.
     suppressed: str | None = None
+    fallback: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,8 @@ class Outcome:
     #: (channel, address, reason) to put on the suppression list.
     suppress: tuple[str, str, str] | None = None
     counts_attempt: bool = True
+    #: the next leg of the fallback chain, created in the same transaction as this outcome.
+    fallback_leg: NewMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,5 +155,9 @@ class MessageView:
     provider_message_id: str | None
     delivered_at: float | None
     failure: Failure | None
+    parent_id: str | None = None
+    fallback: list[dict[str, Any]] = field(default_factory=list)
+    #: the fallback leg created when this message failed, if any
+    next_leg_id: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     history: list[Transition] = field(default_factory=list)

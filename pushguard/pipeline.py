@@ -17,7 +17,7 @@ from pushguard import taxonomy
 from pushguard.circuit import Breaker
 from pushguard.exceptions import DeliveryError
 from pushguard.metrics import Metrics
-from pushguard.models import Attempt, Failure, Job, Outcome
+from pushguard.models import Attempt, Failure, Job, NewMessage, Outcome
 from pushguard.providers.base import Delivery, Provider
 from pushguard.ratelimit import TokenBucket
 from pushguard.retry import RetryPolicy, Verdict
@@ -29,6 +29,9 @@ NOT_SUPPRESSED_FIX = (
     "Check the address: this answer can be temporary, so the address was not suppressed; "
     "send again once it is fixed."
 )
+
+#: a message ending in one of these states starts its next fallback leg, if it has one.
+FALLBACK_STATES = frozenset({State.FAILED, State.DEAD, State.EXPIRED, State.SUPPRESSED})
 
 #: rate limits at these scopes concern one recipient, not the provider's health.
 RECIPIENT_SCOPES = frozenset({"recipient", "device", "topic", "domain"})
@@ -69,6 +72,8 @@ class Pipeline:
 
     async def process(self, job: Job) -> Outcome:
         outcome = await self._process(job)
+        if job.fallback and outcome.state in FALLBACK_STATES:
+            self._fall_back(job, outcome)
         if not can_move(State.SENDING, outcome.state):  # pragma: no cover - a bug, not input
             raise AssertionError(f"illegal transition sending -> {outcome.state}")
         self._count(job, outcome)
@@ -188,6 +193,18 @@ class Pipeline:
             suppress=(job.channel, job.to, cause.name)
             if decision.verdict is Verdict.SUPPRESS else None,
         )
+
+    def _fall_back(self, job: Job, outcome: Outcome) -> None:
+        """Start the next leg of the chain (the seeds' "compensation when a push fails")."""
+        leg, rest = job.fallback[0], job.fallback[1:]
+        child = NewMessage(
+            channel=leg["channel"], to=leg["to"], content=dict(leg["content"]),
+            topic=job.topic, priority=job.priority,
+            ttl=max(60, int(job.expires_at - job.created_at)), fallback=rest, parent_id=job.id,
+        )
+        outcome.fallback_leg = child
+        outcome.reason += f"; falling back to {child.channel} as {child.id}"
+        self.metrics.fallbacks.labels(job.channel, child.channel).inc()
 
     def _expired(
         self, job: Job, last_cause: str | None, *, detail: str = "", code: str | None = None

@@ -35,9 +35,12 @@ def message_json(view: MessageView, *, full: bool = True) -> dict[str, Any]:
         "provider_message_id": view.provider_message_id,
         "delivered_at": rfc3339(view.delivered_at),
         "failure": view.failure.as_dict() if view.failure else None,
+        "parent_id": view.parent_id,
+        "fallback_id": view.next_leg_id,
     }
     if full:
         out["content"] = view.content
+        out["fallback"] = [{"channel": leg["channel"], "to": leg["to"]} for leg in view.fallback]
         out["attempts"] = [
             {
                 "number": a.number, "at": rfc3339(a.at), "provider": a.provider,

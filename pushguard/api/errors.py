@@ -23,7 +23,7 @@ from pushguard.exceptions import (
     RateLimited,
     StoreError,
 )
-from pushguard.intake import problem_text
+from pushguard.intake import field_path, problem_text
 
 STATUS: list[tuple[type[PushguardError], int, str]] = [
     (IdempotencyConflict, 422, "idempotency_conflict"),
@@ -83,8 +83,7 @@ def install(app: FastAPI) -> None:
             )
         problems = []
         for e in errors:
-            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
-            field = ".".join(loc) or "body"
+            field = field_path(e.get("loc", ())) or "body"
             problems.append({"field": field, "problem": problem_text(e)})
         message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
         return JSONResponse(error_body("validation_error", message, problems), status_code=422)

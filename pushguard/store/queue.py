@@ -15,14 +15,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pushguard.models import Job, Outcome
+from pushguard.models import Job, NewMessage, Outcome
 from pushguard.states import State
 
 CHUNK = 500
 
 _JOB_COLUMNS = (
     "id, channel, to_addr, content, topic, priority, attempts, state, created_at, expires_at, "
-    "avoid_provider, last_cause"
+    "avoid_provider, last_cause, fallback"
 )
 # The condition must read exactly like the partial index's, or the planner will not use it.
 _CLAIM = (
@@ -47,6 +47,36 @@ _ATTEMPT = (
     "INSERT INTO attempts (message_id, number, at, provider, outcome, latency_ms, status, "
     "provider_code, cause, maybe_sent, detail, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def message_row(
+    m: NewMessage, now: float, state: State, *, scope: str = "", failure: str | None = None
+) -> dict[str, Any]:
+    """The ``messages`` row of a new message (intake, or a fallback leg)."""
+    due = m.send_at if m.send_at is not None else now
+    return {
+        "id": m.id,
+        "channel": m.channel,
+        "to_addr": m.to,
+        "content": json.dumps(m.content, separators=(",", ":")),
+        "topic": m.topic,
+        "priority": m.priority,
+        "state": state.value,
+        "accepted_state": state.value,
+        "created_at": now,
+        "updated_at": now,
+        "next_at": due,
+        "expires_at": max(due, now) + m.ttl,
+        "attempts": 0,
+        "lost_leases": 0,
+        "idem_scope": scope if m.idempotency_key else None,
+        "idem_key": m.idempotency_key,
+        "request_hash": m.request_hash,
+        "last_cause": None,
+        "failure": failure,
+        "fallback": json.dumps(m.fallback, separators=(",", ":")) if m.fallback else None,
+        "parent_id": m.parent_id,
+    }
 
 
 class QueueSQL:
@@ -100,6 +130,7 @@ class QueueSQL:
                 priority=r[5], attempts=r[6], prev_state=State(r[7]), created_at=r[8],
                 expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
                 suppressed=blocked.get((r[1], r[2])),
+                fallback=json.loads(r[12]) if r[12] else [],
             )
             for r in rows
         ]

@@ -53,6 +53,8 @@ messages = Table(
     Column("failure", Text),
     Column("delivered_at", Float),
     Column("provider_message_id", String(255)),
+    Column("fallback", Text),
+    Column("parent_id", String(40)),
     UniqueConstraint("idem_scope", "idem_key", name="uq_messages_idem"),
 )
 #: states whose messages wait for a worker; the partial index below holds only these rows, so
@@ -72,6 +74,7 @@ Index(
 Index("ix_messages_lease", messages.c.state, messages.c.lease_until)
 Index("ix_messages_cause", messages.c.last_cause, messages.c.updated_at)
 Index("ix_messages_created", messages.c.created_at)
+Index("ix_messages_parent", messages.c.parent_id)
 
 attempts = Table(
     "attempts",

@@ -52,7 +52,7 @@ from pushguard.models import (
 )
 from pushguard.states import State
 from pushguard.store.base import OutcomeRow, QueueStats, Store, Suppression
-from pushguard.store.queue import QueueSQL
+from pushguard.store.queue import QueueSQL, message_row
 from pushguard.store.schema import (
     READY,
     READY_STATES,
@@ -219,36 +219,15 @@ class SQLStore(Store):
                 why = blocked.get((m.channel, m.to))
                 state = State.SUPPRESSED if why else State.QUEUED
                 seen[m.idempotency_key or f"\0{i}"] = (m.id, m.request_hash, state.value)
-                due = m.send_at if m.send_at is not None else now
                 failure = None
                 if why:
                     expl, fix = taxonomy.describe(taxonomy.POLICY_SUPPRESSED, detail=why)
                     failure = json.dumps(
                         Failure("POLICY_SUPPRESSED", False, None, expl, fix).as_dict()
                     )
-                rows.append(
-                    {
-                        "id": m.id,
-                        "channel": m.channel,
-                        "to_addr": m.to,
-                        "content": json.dumps(m.content, separators=(",", ":")),
-                        "topic": m.topic,
-                        "priority": m.priority,
-                        "state": state.value,
-                        "accepted_state": state.value,
-                        "created_at": now,
-                        "updated_at": now,
-                        "next_at": due,
-                        "expires_at": max(due, now) + m.ttl,
-                        "attempts": 0,
-                        "lost_leases": 0,
-                        "idem_scope": scope if m.idempotency_key else None,
-                        "idem_key": m.idempotency_key,
-                        "request_hash": m.request_hash,
-                        "last_cause": "POLICY_SUPPRESSED" if why else None,
-                        "failure": failure,
-                    }
-                )
+                rows.append(message_row(m, now, state, scope=scope, failure=failure))
+                if why:
+                    rows[-1]["last_cause"] = "POLICY_SUPPRESSED"
                 reason = f"accepted; suppressed: {why}" if why else (
                     "accepted; scheduled" if m.send_at and m.send_at > now else "accepted"
                 )
@@ -363,6 +342,13 @@ class SQLStore(Store):
         self, conn: Connection, owner: str, outcomes: Sequence[Outcome], now: float
     ) -> None:
         sups = self._queue.record(conn, owner, outcomes, now)
+        legs = [o.fallback_leg for o in outcomes if o.fallback_leg is not None]
+        if legs:
+            conn.execute(insert(messages), [message_row(m, now, State.QUEUED) for m in legs])
+            conn.execute(insert(events), [
+                {"message_id": m.id, "at": now, "src": State.ACCEPTED.value,
+                 "dst": State.QUEUED.value, "reason": f"fallback leg of {m.parent_id}",
+                 "cause": None} for m in legs])
         if sups:
             keys = ("channel", "address", "reason", "source", "created_at")
             conn.execute(self._insert_ignore(suppressions), [dict(zip(keys, row, strict=True))
@@ -376,6 +362,9 @@ class SQLStore(Store):
             if row is None:
                 return None
             view = self._view(row)
+            view.next_leg_id = conn.execute(
+                select(messages.c.id).where(messages.c.parent_id == message_id)
+            ).scalar()
             view.attempts = [
                 Attempt(
                     number=a.number, at=a.at, provider=a.provider, outcome=a.outcome,
@@ -411,6 +400,8 @@ class SQLStore(Store):
             idempotency_key=row.idem_key, last_provider=row.last_provider,
             provider_message_id=row.provider_message_id, delivered_at=row.delivered_at,
             failure=failure if row.state != State.DELIVERED.value else None,
+            parent_id=row.parent_id,
+            fallback=json.loads(row.fallback) if row.fallback else [],
         )
 
     def list_messages(

@@ -80,6 +80,13 @@ BAD = [
     ("ttl huge", body(ttl=10**9), 422, "ttl"),
     ("ttl string", body(ttl="soon"), 422, "ttl"),
     ("bad topic", body(topic="has space"), 422, "topic"),
+    ("fallback leg channel", body(fallback=[{"channel": "pigeon", "to": "x", "content": {}}]),
+     422, "fallback[0].channel"),
+    ("fallback leg address", body(fallback=[{"channel": "webhook", "to": "ftp://x",
+                                             "content": {}}]), 422, "fallback[0].to"),
+    ("fallback leg shape", body(fallback=[{"channel": "webhook"}]), 422, "fallback[0].to"),
+    ("too many legs", body(fallback=[{"channel": "webhook", "to": HOOK, "content": {}}] * 6),
+     422, "fallback"),
     ("not an object", [1, 2, 3], 422, "body"),
 ]
 
@@ -234,3 +241,13 @@ def test_idempotency_compares_normalised_requests(live_api: LiveAPI) -> None:
         b = c.post("/v1/messages", json=body(to="http://127.0.0.1:9/hooks/a"),
                    headers={"Idempotency-Key": "norm"})
     assert a.status_code == b.status_code == 202 and a.json() == b.json()
+
+
+def test_fallback_legs_are_accepted_and_shown(live_api: LiveAPI) -> None:
+    leg = {"channel": "webhook", "to": "http://127.0.0.1:9/hooks/backup", "content": {"b": 1}}
+    with live_api.client() as c:
+        r = c.post("/v1/messages", json=body(fallback=[leg]))
+        got = c.get(f"/v1/messages/{r.json()['id']}").json()
+    assert r.status_code == 202
+    assert got["fallback"] == [{"channel": "webhook", "to": leg["to"]}]
+    assert got["parent_id"] is None and got["fallback_id"] is None

@@ -153,3 +153,40 @@ async def test_every_outcome_is_recorded_once_under_load(store: SQLStore) -> Non
     views = [store.get(i) for i in ids]
     assert all(v is not None and v.state is State.DELIVERED for v in views)
     assert not any(a.outcome == "lost" for v in views if v for a in v.attempts)
+
+
+async def test_fallback_chain_moves_to_the_next_channel_when_a_leg_fails(
+    store: SQLStore,
+) -> None:
+    config = Config(
+        channels={"webhook": ("hook",), "sms": ("gateway",), "email": ("mailer",)},
+        providers={
+            "hook": ProviderConfig("hook", "fake", {"script": {"gone": ["UNREGISTERED_TOKEN"]}}),
+            "gateway": ProviderConfig("gateway", "fake", {"default": "INVALID_RECIPIENT"}),
+            "mailer": ProviderConfig("mailer", "fake", {}),
+        },
+        retry=RetryConfig(base=0.01, cap=0.05),
+    )
+    app = App(settings=Settings(), store=store, config=config)
+    (parent,) = store.enqueue([NewMessage(
+        "webhook", "gone", {"e": 1}, topic="otp", priority=0, fallback=[
+            {"channel": "sms", "to": "+14155550100", "content": {"text": "code 1"}},
+            {"channel": "email", "to": "a@example.com", "content": {"subject": "code 1"}},
+        ])], scope="t")
+    pid = parent.id  # type: ignore[union-attr]
+    chain = [pid]
+    for _ in range(2):  # follow the chain as it grows
+        await run_until_settled(app, chain, timeout=10)
+        nxt = store.get(chain[-1]).next_leg_id  # type: ignore[union-attr]
+        if nxt:
+            chain.append(nxt)
+    await run_until_settled(app, chain, timeout=10)
+    first, second, third = (store.get(i) for i in chain)
+    assert first is not None and second is not None and third is not None
+    assert first.state is State.FAILED and first.next_leg_id == second.id
+    assert second.channel == "sms" and second.parent_id == first.id
+    assert second.state is State.FAILED and second.failure.cause == "INVALID_RECIPIENT"  # type: ignore[union-attr]
+    assert third.channel == "email" and third.state is State.DELIVERED
+    assert third.topic == "otp" and third.priority == 0 and third.fallback == []
+    assert any("falling back to sms" in t.reason for t in first.history)
+    assert third.history[0].reason == f"fallback leg of {second.id}"
