@@ -83,9 +83,15 @@ async def test_worker_keeps_outcomes_until_it_can_write_them(sqlite_store: SQLSt
     worker = app.build_worker(providers, poll=0.02, concurrency=200, batch=200)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
-    await asyncio.sleep(0.1)  # claimed, now in flight at the provider
+    for _ in range(200):  # wait until all are claimed and in flight at the provider
+        if sqlite_store.stats().by_state.get("sending") == 200:
+            break
+        await asyncio.sleep(0.01)
     disk.full = True
-    await asyncio.sleep(1.5)  # deliveries finish; their outcomes cannot be written
+    for _ in range(300):  # deliveries finish; their outcomes cannot be written
+        if worker.store_errors and worker.processed == 200:
+            break
+        await asyncio.sleep(0.01)
     assert worker.store_errors > 0
     assert sqlite_store.stats().by_state.get("sending") == 200
     disk.full = False

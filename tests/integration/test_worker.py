@@ -124,7 +124,10 @@ async def test_stop_drains_in_flight_work(store: SQLStore) -> None:
     worker = app.build_worker(providers, poll=0.02, concurrency=20, batch=20)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
-    await asyncio.sleep(0.1)  # claimed and in flight
+    for _ in range(500):  # wait until claimed and in flight
+        if store.stats().by_state.get("sending"):
+            break
+        await asyncio.sleep(0.01)
     stop.set()
     await task
     states = {store.get(i).state for i in ids}  # type: ignore[union-attr]
