@@ -191,7 +191,8 @@ class Pipeline:
             attempt=attempt, next_at=decision.at, failure=failure, provider=provider_name,
             avoid_provider=provider_name if failover else None,
             suppress=(job.channel, job.to, cause.name)
-            if decision.verdict is Verdict.SUPPRESS else None,
+            if decision.verdict is Verdict.SUPPRESS
+            or (decision.verdict is Verdict.SKIP and error.suppress) else None,
         )
 
     def _fall_back(self, job: Job, outcome: Outcome) -> None:

@@ -112,11 +112,11 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve_api(app: App, api: FastAPI | None = None) -> Iterator[str]:
+def serve_api(app: App, api: FastAPI | None = None, port: int = 0) -> Iterator[str]:
     """Run the real API for ``app`` on a loopback port in a thread; yields its base URL."""
     from pushguard.api.server import create_api
 
-    port = free_port()
+    port = port or free_port()
     server = _Server(uvicorn.Config(api or create_api(app), host="127.0.0.1", port=port,
                                     log_config=None, access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushguard import taxonomy
 from pushguard.api import errors
+from pushguard.api.receipts import receipts_router
 from pushguard.app import App
 from pushguard.exceptions import (
     AuthError,
@@ -147,6 +148,7 @@ def create_api(app: App) -> FastAPI:
     errors.install(api)
     api.add_middleware(BodyLimit, limit=app.settings.max_body_bytes)
     app.metrics.watch_queue(app.store)
+    api.include_router(receipts_router(app))
     store = app.store
 
     def accepted_json(result: Accepted) -> dict[str, Any]:

@@ -10,9 +10,10 @@ is kept as the provider's own code.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pushguard import taxonomy
+from pushguard import sms_segments, taxonomy
 from pushguard.config import resolve
 from pushguard.exceptions import ConfigError, DeliveryError
 from pushguard.providers.base import Delivery, Provider, ProviderContext, ProviderMeta, Receipt
@@ -96,6 +97,12 @@ class HttpProvider(Provider):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             return [ConfigError("'url' must be an http(s) URL", location=f"{location}.url")]
         return []
+
+    @classmethod
+    def validate_content(cls, channel: str, content: Mapping[str, Any]) -> None:
+        """SMS gateways get ``text`` (at most 1600 characters, no NUL); other channels pass."""
+        if channel == "sms":
+            sms_segments.validate_text(content.get("text"))
 
     async def start(self) -> None:
         await self.client.start()

@@ -18,6 +18,7 @@ BUILTIN: dict[str, str] = {
     "webhook": "pushguard.providers.webhook:WebhookProvider",
     "http": "pushguard.providers.http:HttpProvider",
     "fake": "pushguard.providers.fake:FakeProvider",
+    "twilio": "pushguard.providers.twilio:TwilioProvider",
 }
 
 

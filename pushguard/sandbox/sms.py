@@ -5,6 +5,10 @@ Twilio answers with its JSON error document (``code``, ``message``, ``more_info`
 the message, so with a ``StatusCallback`` a dead number is accepted (201) and then reported
 ``undelivered`` with error 30005; without one the fake rejects it up front (21211) so that
 the failure is still observable.
+
+Each Twilio record keeps the form fields (``meta["form"]``) and the idempotency token the
+client sent (``meta["idempotency_token"]``). A ``To`` containing ``garbled`` is accepted with a
+truncated JSON body, for clients that must cope with an answer they cannot parse.
 """
 
 from __future__ import annotations
@@ -118,8 +122,14 @@ async def _twilio(request: web.Request) -> web.Response:
         note(request, "twilio", to, raw, "400", {"error": problem[1]})
         return twilio_error(400, *problem)
     callback = form.get("StatusCallback")
+    meta = {
+        "form": form,
+        "idempotency_token": request.headers.get("I-Twilio-Idempotency-Token"),
+    }
 
     def render(fault: Fault) -> web.Response:
+        if fault.kind == "ok" and "garbled" in to:
+            return json_response(201, b'{"sid": "SM' + secrets.token_hex(4).encode())
         if fault.reason == "invalid" or (fault.reason == "gone" and not callback):
             return twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
         if fault.kind != "ok" and fault.reason != "gone":
@@ -134,7 +144,7 @@ async def _twilio(request: web.Request) -> web.Response:
             state.spawn(_status_callbacks(state, callback, token, msg, final))
         return json_response(201, json.dumps(msg).encode())
 
-    return await respond(request, "twilio", to, raw, render)
+    return await respond(request, "twilio", to, raw, render, meta=meta)
 
 
 def _twilio_message(account_sid: str, form: dict[str, str]) -> dict[str, Any]:

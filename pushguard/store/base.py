@@ -103,6 +103,15 @@ class Store(ABC):
         """One row per message created since ``since``: how it ended and through whom."""
 
     @abstractmethod
+    def add_receipt(
+        self, message_id: str, provider_message_id: str, note: str, *, cause: str | None = None,
+        suppress: tuple[str, str] | None = None,
+    ) -> bool:
+        """Record what a provider reported after it accepted a message (an event that does
+        not change the state); optionally suppress ``(channel, reason)`` for its address.
+        False when no such message was sent under that provider id."""
+
+    @abstractmethod
     def suppress(self, channel: str, address: str, reason: str, source: str) -> None: ...
 
     @abstractmethod

@@ -472,6 +472,33 @@ class SQLStore(Store):
                                        r.last_provider, cause, code))
         return rows
 
+    def add_receipt(
+        self, message_id: str, provider_message_id: str, note: str, *, cause: str | None = None,
+        suppress: tuple[str, str] | None = None,
+    ) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                select(messages.c.state, messages.c.channel, messages.c.to_addr).where(
+                    messages.c.id == message_id,
+                    messages.c.provider_message_id == provider_message_id,
+                )
+            ).first()
+            if row is None:
+                return False
+            # src is NULL: a receipt annotates the history, it is not a transition.
+            conn.execute(insert(events).values(
+                message_id=message_id, at=now, src=None, dst=row.state, reason=note,
+                cause=cause,
+            ))
+            if suppress is not None:
+                channel, reason = suppress
+                conn.execute(self._insert_ignore(suppressions), [{
+                    "channel": channel, "address": row.to_addr, "reason": reason,
+                    "source": f"receipt for {message_id}", "created_at": now,
+                }])
+        return True
+
     # -- suppression ------------------------------------------------------------------------
 
     def suppress(self, channel: str, address: str, reason: str, source: str) -> None:

@@ -1,0 +1,71 @@
+"""Inbound delivery receipts: providers tell us, after accepting a message, what became of it.
+
+These routes carry no API key (a provider cannot send one); the provider's own signature is the
+authentication, checked before anything is read from the request. A receipt never changes a
+message's terminal state: it is added to the history, and an address the provider reports as
+invalid or opted out goes on the suppression list.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from pushguard.exceptions import AuthError, InputError, NotFound
+from pushguard.providers.twilio import TwilioProvider
+from pushguard.receipts.twilio import parse_status, verify_signature
+
+if TYPE_CHECKING:
+    from pushguard.app import App
+
+
+def receipts_router(app: App) -> APIRouter:
+    router = APIRouter()
+    twilio: dict[str, TwilioProvider] = {}
+
+    def twilio_for(account_sid: str) -> TwilioProvider:
+        if not twilio:  # built on first use: the API process does not otherwise need providers
+            for p in app.build_providers().values():
+                if isinstance(p, TwilioProvider):
+                    twilio[p.account_sid] = p
+        provider = twilio.get(account_sid)
+        if provider is None or not provider.status_callback_url:
+            raise AuthError("no twilio provider with status callbacks for this account")
+        return provider
+
+    @router.post("/v1/receipts/twilio", status_code=204,
+                 responses={401: {}, 400: {}, 404: {}})
+    async def twilio_status(request: Request) -> Response:
+        """Twilio status callbacks, verified with X-Twilio-Signature."""
+        form = await request.form()
+        provider = twilio_for(str(form.get("AccountSid", "")))
+        # Twilio signs the URL it called: rebuild it from our configured callback URL, not
+        # from the Host header, which a proxy may have rewritten.
+        base = urlsplit(str(provider.status_callback_url))
+        url = urlunsplit((base.scheme, base.netloc, base.path, request.url.query, ""))
+        pairs = [(k, str(v)) for k, v in form.multi_items()]
+        if not verify_signature(provider.callback_tokens, url, pairs,
+                                request.headers.get("X-Twilio-Signature", "")):
+            raise AuthError("X-Twilio-Signature does not match")
+        receipt = parse_status(dict(pairs))
+        message_id = request.query_params.get("message_id")
+        if not message_id:
+            raise InputError("message_id", "is missing from the callback URL")
+        note = f"receipt from {provider.name}: {receipt.status}"
+        if receipt.error_code:
+            note += f" (error {receipt.error_code}"
+            note += f", {receipt.cause.name})" if receipt.cause else ")"
+        cause = receipt.cause.name if receipt.cause else None
+        found = await run_in_threadpool(
+            app.store.add_receipt, message_id, receipt.provider_message_id, note,
+            cause=cause,
+            suppress=("sms", cause) if receipt.suppress and cause else None,
+        )
+        if not found:
+            raise NotFound(f"no message {message_id!r} sent as {receipt.provider_message_id!r}")
+        return Response(status_code=204)
+
+    return router
