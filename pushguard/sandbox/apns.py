@@ -4,13 +4,21 @@
 (path, credentials, topic, headers, payload) before the fault profile decides. Answers carry
 ``apns-id`` and, on failure, ``{"reason": ...}`` (plus ``timestamp`` for 410). A ``reset``
 fault drops the whole TCP connection, like a provider connection dying under load, while a
-``timeout`` hangs the stream and finally cancels it with ``RST_STREAM``.
+``timeout`` hangs the stream and finally cancels it with ``RST_STREAM``; an ``html`` fault
+answers 502 with a proxy's HTML page.
+
+Provider tokens follow Apple's rules where they can be judged without Apple's keys: a JWT whose
+``iat`` is more than an hour old gets 403 ``ExpiredProviderToken``, and so does every token
+seen before :meth:`ApnsServer.expire_provider_tokens` (a switch for tests of token renewal).
+Records carry a short fingerprint of the provider token in ``meta["provider-token"]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import ssl
 import time
@@ -37,6 +45,10 @@ PUSH_TYPES = frozenset(
      "liveactivity", "pushtotalk", "widgets", "controls"}
 )  # fmt: skip
 _KEEP_BYTES = 16 * 1024  # enough to judge any legal payload; the size count stays exact
+_HTML_502 = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+_TOKEN_MAX_AGE = 3600
+_META_HEADERS = ("apns-topic", "apns-push-type", "apns-priority", "apns-expiration",
+                 "apns-collapse-id")
 
 # status -> (HTTP status, APNs reason); APNs has no 401, its credential errors are 403s
 _REASONS: dict[int, tuple[int, str]] = {
@@ -59,16 +71,54 @@ class ApnsServer:
     """Listens for APNs connections and serves them with the ``"apns"`` fault profile."""
 
     def __init__(
-        self, profiles: Profiles, recorder: Recorder, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        profiles: Profiles,
+        recorder: Recorder,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.profiles = profiles
         self.recorder = recorder
         self.ssl_context = ssl_context
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(["h2"])
+        self.max_streams = max_streams
         self.closing = asyncio.Event()
         self.connections: set[_ApnsConnection] = set()
+        #: connections accepted so far, and the most streams one of them had open at once
+        self.accepted = 0
+        self.peak_streams = 0
+        self._seen_tokens: set[str] = set()
+        self._expired_tokens: set[str] = set()
         self._server: asyncio.Server | None = None
+
+    def expire_provider_tokens(self) -> None:
+        """Answer ``ExpiredProviderToken`` to every provider token seen so far."""
+        self._expired_tokens |= self._seen_tokens
+
+    def disconnect_all(self) -> None:
+        """Send GOAWAY on every open connection and close it; the server keeps listening."""
+        for conn in list(self.connections):
+            conn.close()
+
+    def token_problem(self, authorization: str) -> str | None:
+        """``ExpiredProviderToken`` for an old or expired-by-switch token, else None."""
+        token = authorization[7:]
+        if len(self._seen_tokens) > 10_000:
+            self._seen_tokens.clear()  # a client minting tokens per request; keep memory flat
+        self._seen_tokens.add(token)
+        if token in self._expired_tokens:
+            return "ExpiredProviderToken"
+        part = token.split(".")[1]
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        except (ValueError, TypeError):
+            return None
+        iat = claims.get("iat") if isinstance(claims, dict) else None
+        if isinstance(iat, int | float) and time.time() - iat > _TOKEN_MAX_AGE:
+            return "ExpiredProviderToken"
+        return None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start listening; returns the bound port."""
@@ -104,10 +154,12 @@ class _ApnsConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.server.connections.add(self)
+        self.server.accepted += 1
         # Set before initiate_connection() so the first SETTINGS frame carries it.
+        limit = self.server.max_streams
         self.conn.local_settings = h2.settings.Settings(
             client=False,
-            initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS},
+            initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit},
         )
         self.conn.initiate_connection()
         self._flush()
@@ -137,6 +189,8 @@ class _ApnsConnection(asyncio.Protocol):
             if isinstance(event, h2.events.RequestReceived):
                 headers = {str(k): str(v) for k, v in event.headers or []}
                 self.streams[event.stream_id or 0] = _Stream(headers)
+                open_now = self.conn.open_inbound_streams
+                self.server.peak_streams = max(self.server.peak_streams, open_now)
             elif isinstance(event, h2.events.DataReceived):
                 self._on_data(event)
             elif isinstance(event, h2.events.StreamEnded):
@@ -181,6 +235,10 @@ class _ApnsConnection(asyncio.Protocol):
         path = h.get(":path", "")
         token = path[len("/3/device/") :] if path.startswith("/3/device/") else ""
         status, reason = self._check(h, path, token, stream.size)
+        if status == 200:
+            expired = self.server.token_problem(h.get("authorization", ""))
+            if expired is not None:
+                status, reason = 403, expired
         fault: Fault | None = None
         if status == 200:
             fault = self.server.profiles.get("apns").decide(token)
@@ -198,6 +256,12 @@ class _ApnsConnection(asyncio.Protocol):
                     self.transport.abort()
                 return
             status, reason = self._status_for(fault)
+            if fault.reason == "html":
+                self._record(token, stream, "502")
+                html = [(":status", "502"), ("content-type", "text/html"),
+                        ("content-length", str(len(_HTML_502)))]
+                self._respond(stream_id, html, _HTML_502)
+                return
         self._record(token, stream, str(status))
         headers = [(":status", str(status)), ("apns-id", apns_id)]
         body = b""
@@ -256,7 +320,9 @@ class _ApnsConnection(asyncio.Protocol):
 
     def _record(self, token: str, stream: _Stream, outcome: str) -> None:
         h = stream.headers
-        meta = {k: h[k] for k in ("apns-topic", "apns-push-type", "apns-priority") if k in h}
+        meta = {k: h[k] for k in _META_HEADERS if k in h}
+        if h.get("authorization"):
+            meta["provider-token"] = hashlib.sha256(h["authorization"].encode()).hexdigest()[:12]
         self.server.recorder.record(
             "apns",
             token,

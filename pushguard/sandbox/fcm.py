@@ -2,22 +2,33 @@
 
 Errors use FCM's exact shape: a google.rpc status (``code``, ``message``, ``status``) whose
 ``details`` carry a ``google.firebase.fcm.v1.FcmError`` with the FCM ``errorCode``.
+
+The token endpoint checks the claims of a JWT assertion it can decode (``iss``, the messaging
+``scope``, ``aud``, at most an hour between ``iat`` and ``exp``) the way Google does, without
+verifying the signature (it has no public key), and records each request as service
+``"fcm-token"`` with the claims in ``meta``. ``POST /fcm/_sandbox/revoke`` revokes every access
+token issued so far: sends that carry one get 401 ``UNAUTHENTICATED``, as when Google expires
+or revokes a token early.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from pushguard.sandbox.faulting import json_response, note, respond
+from pushguard.sandbox.faulting import STATE, json_response, note, respond
 from pushguard.sandbox.profile import Fault
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
 INVALID_TOKEN_MESSAGE = "The registration token is not a valid FCM registration token"
 MISSING_CREDENTIALS_MESSAGE = (
@@ -72,10 +83,34 @@ def error_body(
     return json.dumps({"error": error}).encode()
 
 
+@dataclass
+class AccessTokens:
+    """Access tokens this fake issued and revoked (per application, never global)."""
+
+    issued: set[str] = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)
+
+    def revoke_all(self) -> int:
+        """Revoke every token issued so far; returns how many were newly revoked."""
+        count = len(self.issued)
+        self.revoked |= self.issued
+        self.issued.clear()
+        return count
+
+
+TOKENS = web.AppKey("pushguard_sandbox_fcm_tokens", AccessTokens)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the FCM routes on the sandbox application."""
+    app[TOKENS] = AccessTokens()
     app.router.add_post("/fcm/v1/projects/{project}/messages:send", _send)
     app.router.add_post("/fcm/token", _token)
+    app.router.add_post("/fcm/_sandbox/revoke", _revoke)
+
+
+async def _revoke(request: web.Request) -> web.Response:
+    return web.json_response({"revoked": request.app[TOKENS].revoke_all()})
 
 
 async def _send(request: web.Request) -> web.Response:
@@ -86,6 +121,10 @@ async def _send(request: web.Request) -> web.Response:
         note(request, "fcm", "", raw, "401", {"error": "missing credentials"})
         body = error_body(401, "UNAUTHENTICATED", MISSING_CREDENTIALS_MESSAGE)
         return json_response(401, body)
+    if auth[7:].strip() in request.app[TOKENS].revoked:
+        note(request, "fcm", "", raw, "401", {"error": "revoked token"})
+        _, rpc_status, _, text = _ERRORS[401]
+        return json_response(401, error_body(401, rpc_status, text))
     try:
         message = json.loads(raw)["message"]
         if not isinstance(message, dict):
@@ -134,7 +173,46 @@ async def _token(request: web.Request) -> web.Response:
     if not isinstance(assertion, str) or assertion.count(".") != 2:
         body = {"error": "invalid_grant", "error_description": "Invalid JWT assertion."}
         return web.json_response(body, status=400)
+    claims = _claims(assertion)
+    problem = _claims_problem(claims) if claims is not None else None
+    recorder = request.app[STATE].recorder
+    meta = {"claims": claims or {}}
+    if problem is not None:
+        recorder.record("fcm-token", str((claims or {}).get("iss", "")), "400", meta=meta)
+        return web.json_response({"error": problem[0], "error_description": problem[1]},
+                                 status=400)
+    recorder.record("fcm-token", str((claims or {}).get("iss", "")), "200", meta=meta)
     # No fault profile here: failing token fetches would blur every FCM scenario; a 401 on
-    # send (the ``"401"`` rate) is how the sandbox exercises token refresh instead.
+    # send (the ``"401"`` rate, or a revoked token) is how the sandbox exercises refresh.
     token = f"ya29.sandbox.{secrets.token_urlsafe(24)}"
+    request.app[TOKENS].issued.add(token)
     return web.json_response({"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+
+
+def _claims(assertion: str) -> dict[str, Any] | None:
+    """The payload of a JWT, unverified; None when it does not decode."""
+    part = assertion.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, TypeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _claims_problem(claims: dict[str, Any]) -> tuple[str, str] | None:
+    """Google's verdict on an assertion's claims, as (error, error_description)."""
+    if not claims.get("iss") or not claims.get("aud"):
+        return "invalid_grant", "Invalid JWT: iss and aud are required."
+    if SCOPE not in str(claims.get("scope", "")).split():
+        return "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+    iat, exp = claims.get("iat"), claims.get("exp")
+    now = time.time()
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float) or (
+        exp - iat > 3600 or exp < now or iat > now + 300
+    ):
+        return (
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
+            "timeframe. Check your iat and exp values in the JWT claim.",
+        )
+    return None

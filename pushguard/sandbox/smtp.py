@@ -4,6 +4,12 @@ The profile is applied per ``RCPT TO``, where real relays refuse recipients, wit
 replies. Accepted messages are recorded at ``DATA`` with the headers that matter for bulk
 senders (List-Unsubscribe, List-Unsubscribe-Post, DKIM-Signature).
 
+An address containing ``dropdata`` has its message taken in full at ``DATA`` and then the
+connection is dropped before the final reply: the ambiguous outcome a client must report as
+possibly sent. The server can speak implicit TLS or offer STARTTLS, count the connections it
+accepted, keep the last raw messages (for DKIM checks) and drop every open session (what an
+idle timeout does to a pooled client connection).
+
 The server runs on the sandbox's own event loop (aiosmtpd's ``SMTP`` protocol behind
 ``loop.create_server``) rather than in ``aiosmtpd.controller.Controller``'s private thread,
 so profiles and the recorder are only ever touched from one loop.
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import weakref
+from collections import deque
 from email.parser import BytesHeaderParser
 from typing import Any
 
@@ -61,11 +69,14 @@ class SmtpHandler:
         *,
         credentials: tuple[str, str] | None = None,
         closing: asyncio.Event | None = None,
+        keep_messages: int = 0,
     ) -> None:
         self.profiles = profiles
         self.recorder = recorder
         self.credentials = credentials
         self.closing = closing or asyncio.Event()
+        #: the last ``keep_messages`` accepted messages, exactly as received after DATA
+        self.messages: deque[bytes] = deque(maxlen=keep_messages)
 
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -131,23 +142,57 @@ class SmtpHandler:
             "list_unsubscribe_post": headers.get("List-Unsubscribe-Post"),
             "dkim_signature": "DKIM-Signature" in headers,
             "message_id": headers.get("Message-ID"),
+            "tls": session.ssl is not None or _over_tls(server),
         }
         address = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
+        if self.messages.maxlen:
+            self.messages.append(raw)
+        if any("dropdata" in rcpt for rcpt in envelope.rcpt_tos):
+            # The relay has the whole message but the client never hears so.
+            self.recorder.record("smtp", address, "dropdata", size=len(raw), meta=meta)
+            if isinstance(server.transport, asyncio.Transport):
+                server.transport.abort()
+                await asyncio.sleep(3600)
+            return TEMPORARY
         self.recorder.record("smtp", address, "250", size=len(raw), meta=meta)
         return "250 2.0.0 OK queued"
 
 
+def _over_tls(server: SMTP) -> bool:
+    transport = server.transport
+    return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+
 class SmtpServer:
-    """Serves :class:`SmtpHandler` on a loopback port."""
+    """Serves :class:`SmtpHandler` on a loopback port.
+
+    ``ssl_context`` serves implicit TLS (port 465 style); ``starttls_context`` offers STARTTLS
+    instead. ``keep_messages`` keeps that many raw messages on ``handler.messages``.
+    """
 
     def __init__(
-        self, profiles: Profiles, recorder: Recorder, *, credentials: tuple[str, str] | None = None
+        self,
+        profiles: Profiles,
+        recorder: Recorder,
+        *,
+        credentials: tuple[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        starttls_context: ssl.SSLContext | None = None,
+        keep_messages: int = 0,
     ) -> None:
         self.closing = asyncio.Event()
         self.handler = SmtpHandler(
-            profiles, recorder, credentials=credentials, closing=self.closing
+            profiles,
+            recorder,
+            credentials=credentials,
+            closing=self.closing,
+            keep_messages=keep_messages,
         )
         self.credentials = credentials
+        self.ssl_context = ssl_context
+        self.starttls_context = starttls_context
+        #: connections accepted so far
+        self.connections = 0
         self._server: asyncio.Server | None = None
         # weak: a session object should go away with its connection
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
@@ -159,16 +204,24 @@ class SmtpServer:
             enable_SMTPUTF8=True,
             auth_require_tls=False,
             authenticator=self.handler.authenticate,
+            tls_context=self.starttls_context,
             loop=asyncio.get_running_loop(),
         )
+        self.connections += 1
         self._sessions.add(smtp)
         return smtp
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start listening; returns the bound port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._factory, host, port)
+        self._server = await loop.create_server(self._factory, host, port, ssl=self.ssl_context)
         return int(self._server.sockets[0].getsockname()[1])
+
+    def drop_connections(self) -> None:
+        """Close every open session, as a relay's idle timeout would."""
+        for smtp in list(self._sessions):
+            if smtp.transport is not None:
+                smtp.transport.close()
 
     async def stop(self) -> None:
         """Close the listener and every open session."""
@@ -176,8 +229,6 @@ class SmtpServer:
         if self._server is None:
             return
         self._server.close()
-        for smtp in list(self._sessions):
-            if smtp.transport is not None:
-                smtp.transport.close()
+        self.drop_connections()
         await self._server.wait_closed()
         self._server = None

@@ -68,5 +68,5 @@ async def test_signed_status_callback_is_recorded_and_suppresses(sqlite_url: str
                for h in receipts), history
     assert [(s.channel, s.address) for s in store.suppressions()] == [("sms", "+14155550100")]
     assert forged.status_code == 401
-    assert not any("delivered" == h["reason"].split(": ")[-1] for h in receipts)
+    assert not any(h["reason"].split(": ")[-1] == "delivered" for h in receipts)
     store.close()
