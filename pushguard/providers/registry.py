@@ -19,6 +19,7 @@ BUILTIN: dict[str, str] = {
     "http": "pushguard.providers.http:HttpProvider",
     "fake": "pushguard.providers.fake:FakeProvider",
     "twilio": "pushguard.providers.twilio:TwilioProvider",
+    "smtp": "pushguard.providers.smtp:SmtpProvider",
 }
 
 
