@@ -126,13 +126,17 @@ class Intake:
             raise problems[0] from exc
 
     def prepare(
-        self, item: MessageIn, *, header_key: str | None = None, prefix: str = ""
+        self, item: MessageIn, *, header_key: str | None = None, prefix: str = "",
+        memo: dict[tuple[str, str], str] | None = None,
     ) -> NewMessage:
-        """Validate one message; raise ``InputError`` naming the field and the problem."""
+        """Validate one message; raise ``InputError`` naming the field and the problem.
+
+        ``memo`` remembers normalised addresses across the messages of one batch (a campaign
+        often sends many messages to few endpoints); the send-time checks still run."""
         def f(name: str) -> str:
             return prefix + name
 
-        to = self._target(item.channel, item.to, item.content, prefix)
+        to = self._target(item.channel, item.to, item.content, prefix, memo)
         key = item.idempotency_key
         if header_key is not None:
             if key is not None and key != header_key:
@@ -144,7 +148,8 @@ class Intake:
             check_header_value(key, f("idempotency_key"))
         legs = [
             {"channel": leg.channel,
-             "to": self._target(leg.channel, leg.to, leg.content, f"{prefix}fallback[{i}]."),
+             "to": self._target(leg.channel, leg.to, leg.content, f"{prefix}fallback[{i}].",
+                                memo),
              "content": leg.content}
             for i, leg in enumerate(item.fallback or [])
         ]
@@ -169,7 +174,10 @@ class Intake:
             msg.request_hash = request_hash(msg)
         return msg
 
-    def _target(self, channel: str, to: str, content: dict[str, Any], prefix: str) -> str:
+    def _target(
+        self, channel: str, to: str, content: dict[str, Any], prefix: str,
+        memo: dict[tuple[str, str], str] | None = None,
+    ) -> str:
         """Check one channel + address + content; returns the normalised address."""
         if channel not in CHANNELS:
             raise InputError(
@@ -182,7 +190,11 @@ class Intake:
                 f"no provider is configured for channel {channel!r} "
                 f"(configured: {', '.join(sorted(self.config.channels))})",
             )
-        address = normalize_address(channel, to, guard=self.guard, field=prefix + "to")
+        address = memo.get((channel, to)) if memo is not None else None
+        if address is None:
+            address = normalize_address(channel, to, guard=self.guard, field=prefix + "to")
+            if memo is not None:
+                memo[(channel, to)] = address
         size = len(json.dumps(content, separators=(",", ":")).encode())
         if size > self.settings.max_content_bytes:
             raise InputError(

@@ -11,22 +11,16 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import structlog
-import uvicorn
 
-from pushguard.api.server import create_api
 from pushguard.app import App, run_worker
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = structlog.get_logger("pushguard.runner")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: this process decides how to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def _on_signals(stop: asyncio.Event, server: uvicorn.Server | None) -> None:
@@ -43,6 +37,18 @@ def _on_signals(stop: asyncio.Event, server: uvicorn.Server | None) -> None:
 
 
 def _server(app: App, host: str, port: int) -> uvicorn.Server:
+    # Imported here so `pushguard worker` does not pay for the web stack at start-up.
+    import uvicorn
+
+    from pushguard.api.server import create_api
+
+    class _Server(uvicorn.Server):
+        """uvicorn without its own signal handling: this process decides how to stop."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield
+
     config = uvicorn.Config(
         create_api(app), host=host, port=port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,

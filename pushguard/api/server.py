@@ -192,6 +192,7 @@ def create_api(app: App) -> FastAPI:
             raise InputError("messages", f"must hold 1 to {MAX_BATCH} messages, got {n}")
         results: list[dict[str, Any] | None] = [None] * n
         valid, where = [], []
+        memo: dict[tuple[str, str], str] = {}
         for i, raw in enumerate(batch.messages):
             prefix = f"messages[{i}]."
             try:
@@ -199,7 +200,8 @@ def create_api(app: App) -> FastAPI:
                 header_key = None
                 if idempotency_key and item.idempotency_key is None:
                     header_key = f"{idempotency_key}:{i}"
-                valid.append(app.intake.prepare(item, header_key=header_key, prefix=prefix))
+                valid.append(app.intake.prepare(item, header_key=header_key, prefix=prefix,
+                                                memo=memo))
                 where.append(i)
             except InputError as exc:
                 app.metrics.rejected.labels("validation").inc()

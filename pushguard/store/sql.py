@@ -56,6 +56,7 @@ from pushguard.store.queue import QueueSQL, message_row
 from pushguard.store.schema import (
     READY,
     READY_STATES,
+    SENDING,
     api_keys,
     attempts,
     events,
@@ -281,7 +282,7 @@ class SQLStore(Store):
             q = (
                 select(messages.c.id, messages.c.attempts, messages.c.lost_leases,
                        messages.c.lease_owner)
-                .where(messages.c.state == State.SENDING.value, messages.c.lease_until < now)
+                .where(SENDING, messages.c.lease_until < now)
                 .limit(limit)
             )
             if self.dialect == "postgresql":
