@@ -20,6 +20,12 @@ BUILTIN: dict[str, str] = {
     "fake": "pushguard.providers.fake:FakeProvider",
     "twilio": "pushguard.providers.twilio:TwilioProvider",
     "smtp": "pushguard.providers.smtp:SmtpProvider",
+    "webpush": "pushguard.providers.webpush:WebPushProvider",
+    "slack": "pushguard.providers.chat:SlackProvider",
+    "discord": "pushguard.providers.chat:DiscordProvider",
+    "telegram": "pushguard.providers.telegram:TelegramProvider",
+    "teams": "pushguard.providers.teams:TeamsProvider",
+    "apprise": "pushguard.providers.apprise_provider:AppriseProvider",
 }
 
 

@@ -8,6 +8,8 @@ Routes (all on one port):
 - ``POST /twilio/2010-04-01/Accounts/{sid}/Messages.json`` (``"twilio"``)
 - ``POST /sms/{gateway}/send``: a generic JSON SMS gateway (``"sms"``)
 - ``POST /webpush/{subscription}``: an RFC 8030 push service (``"webpush"``)
+- ``POST /chat/slack/{hook}``, ``/chat/discord/{hook}``, ``/chat/telegram/bot{token}/sendMessage``,
+  ``/chat/teams/{hook}``: chat services (``"chat"``, see :mod:`pushguard.sandbox.chat`)
 - ``GET /_sandbox/stats``, ``GET /_sandbox/records?service=&limit=``,
   ``GET|POST /_sandbox/profile?service=``, ``POST /_sandbox/reset``: control and inspection
 """
@@ -20,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from pushguard.sandbox import fcm, sms, webpush
+from pushguard.sandbox import chat, fcm, sms, webpush
 from pushguard.sandbox.faulting import STATE, HttpState, json_response, note, respond
 from pushguard.sandbox.profile import Fault
 from pushguard.sandbox.profiles import Profiles
@@ -66,6 +68,7 @@ def create_app(
     fcm.add_routes(app)
     sms.add_routes(app)
     webpush.add_routes(app)
+    chat.add_routes(app)
     app.router.add_get("/_sandbox/stats", _stats)
     app.router.add_get("/_sandbox/records", _records)
     app.router.add_get("/_sandbox/profile", _get_profile)

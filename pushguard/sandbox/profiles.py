@@ -9,7 +9,9 @@ from typing import Any
 from pushguard.sandbox.profile import FaultProfile, read_profile_file
 
 #: The services a sandbox plays; each may have its own profile.
-SERVICES: tuple[str, ...] = ("webhook", "fcm", "twilio", "sms", "webpush", "apns", "smtp")
+SERVICES: tuple[str, ...] = (
+    "webhook", "fcm", "twilio", "sms", "webpush", "apns", "smtp", "chat",
+)
 
 ProfileSpec = FaultProfile | Mapping[str, Any]
 
