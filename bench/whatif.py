@@ -1,0 +1,46 @@
+"""``python -m bench.whatif --patch NAME[,NAME] worker ...``: the real CLI with experimental
+patches applied in memory, to measure a proposed change before anyone edits ``pushguard/``.
+
+``make bench`` never uses it: it measures the code as it is. ``bench.run --patch``,
+``bench.profile_worker --patch`` and ``bench.layers --patch`` do use it.
+
+Patches:
+
+- ``uvloop``: run the event loop on uvloop, which uvicorn[standard] already installs.
+
+Patches that were measured here and have since landed in ``pushguard/`` were removed:
+``claim_literal`` (literal ready-state condition, so the partial index is used),
+``prefetch`` (claim ahead of the free slots) and ``raw_sqlite`` (claim and record through the
+driver).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def uvloop() -> None:
+    import asyncio
+
+    import uvloop as uv
+
+    asyncio.set_event_loop_policy(uv.EventLoopPolicy())
+
+
+PATCHES: dict[str, Callable[[], None]] = {"uvloop": uvloop}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "--patch":
+        for name in filter(None, args[1].split(",")):
+            PATCHES[name]()
+        args = args[2:]
+    from pushguard.cli import cli
+
+    cli(args=args, prog_name="pushguard")
+
+
+if __name__ == "__main__":
+    main()
