@@ -20,6 +20,8 @@ BUILTIN: dict[str, str] = {
     "fake": "pushguard.providers.fake:FakeProvider",
     "twilio": "pushguard.providers.twilio:TwilioProvider",
     "smtp": "pushguard.providers.smtp:SmtpProvider",
+    "fcm": "pushguard.providers.fcm:FcmProvider",
+    "apns": "pushguard.providers.apns:ApnsProvider",
     "webpush": "pushguard.providers.webpush:WebPushProvider",
     "slack": "pushguard.providers.chat:SlackProvider",
     "discord": "pushguard.providers.chat:DiscordProvider",

@@ -89,34 +89,36 @@ class ApnsServer:
         #: connections accepted so far, and the most streams one of them had open at once
         self.accepted = 0
         self.peak_streams = 0
-        self._seen_tokens: set[str] = set()
+        #: the bound port, once started
+        self.port = 0
+        self._seen_tokens: dict[str, float | None] = {}  # token -> its iat
         self._expired_tokens: set[str] = set()
         self._server: asyncio.Server | None = None
 
     def expire_provider_tokens(self) -> None:
         """Answer ``ExpiredProviderToken`` to every provider token seen so far."""
-        self._expired_tokens |= self._seen_tokens
+        self._expired_tokens |= self._seen_tokens.keys()
 
-    def disconnect_all(self) -> None:
-        """Send GOAWAY on every open connection and close it; the server keeps listening."""
+    def disconnect_all(self, last_stream_id: int | None = None) -> None:
+        """Send GOAWAY on every open connection and close it; the server keeps listening.
+
+        ``last_stream_id`` (default: the last stream received) tells clients which streams
+        were processed; a lower one, e.g. 0, says the streams above it may be sent again.
+        """
         for conn in list(self.connections):
-            conn.close()
+            conn.close(last_stream_id)
 
     def token_problem(self, authorization: str) -> str | None:
         """``ExpiredProviderToken`` for an old or expired-by-switch token, else None."""
         token = authorization[7:]
-        if len(self._seen_tokens) > 10_000:
-            self._seen_tokens.clear()  # a client minting tokens per request; keep memory flat
-        self._seen_tokens.add(token)
         if token in self._expired_tokens:
             return "ExpiredProviderToken"
-        part = token.split(".")[1]
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-        except (ValueError, TypeError):
-            return None
-        iat = claims.get("iat") if isinstance(claims, dict) else None
-        if isinstance(iat, int | float) and time.time() - iat > _TOKEN_MAX_AGE:
+        if token not in self._seen_tokens:
+            if len(self._seen_tokens) > 10_000:
+                self._seen_tokens.clear()  # a client minting tokens per request: stay flat
+            self._seen_tokens[token] = _issued_at(token)
+        iat = self._seen_tokens[token]
+        if iat is not None and time.time() - iat > _TOKEN_MAX_AGE:
             return "ExpiredProviderToken"
         return None
 
@@ -126,7 +128,8 @@ class ApnsServer:
         self._server = await loop.create_server(
             lambda: _ApnsConnection(self), host, port, ssl=self.ssl_context
         )
-        return int(self._server.sockets[0].getsockname()[1])
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
 
     async def stop(self) -> None:
         """Say GOAWAY to every client, then close everything."""
@@ -138,6 +141,17 @@ class ApnsServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+
+def _issued_at(token: str) -> float | None:
+    """The ``iat`` claim of a JWT, unverified; None when there is none."""
+    part = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, TypeError):
+        return None
+    iat = claims.get("iat") if isinstance(claims, dict) else None
+    return float(iat) if isinstance(iat, int | float) else None
 
 
 class _ApnsConnection(asyncio.Protocol):
@@ -170,9 +184,9 @@ class _ApnsConnection(asyncio.Protocol):
             task.cancel()
         self.transport = None
 
-    def close(self) -> None:
+    def close(self, last_stream_id: int | None = None) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.conn.close_connection()
+            self.conn.close_connection(last_stream_id=last_stream_id)
             self._flush()
         if self.transport is not None:
             self.transport.close()
