@@ -61,6 +61,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._quiet_until = 0.0
         self._drain_deadline = 0.0
+        self._drain_for = lease / 2
         self._ready: deque[Job] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="pushguard-db")
@@ -80,11 +81,10 @@ class Worker:
         """
         self.log.info("worker_started", worker=self.name, concurrency=self.concurrency)
         reaper = asyncio.create_task(self._reaper(stop))
-        loop = asyncio.get_running_loop()
+        self._drain_for = drain_timeout or self.lease / 2
         self._drain_deadline = 0.0
         waiter = asyncio.create_task(stop.wait())
-        waiter.add_done_callback(lambda _: self._on_stop(loop.time() + (
-            drain_timeout or self.lease / 2)))
+        waiter.add_done_callback(lambda _: self._wake.set())  # only to wake the DB loop
         try:
             await self._db_loop(stop)
         finally:
@@ -94,10 +94,6 @@ class Worker:
             self._db.shutdown(wait=True)
             self.log.info("worker_stopped", worker=self.name, processed=self.processed,
                           abandoned=len(self._tasks) + len(self._ready))
-
-    def _on_stop(self, deadline: float) -> None:
-        self._drain_deadline = deadline
-        self._wake.set()
 
     def _claim_size(self, stopping: bool) -> int:
         """How many to claim now: enough to keep one batch ready ahead of the free slots."""
@@ -118,6 +114,10 @@ class Worker:
         while True:
             stopping = stop.is_set()
             if stopping:
+                # The deadline starts when this loop first sees the stop (not in a callback
+                # that might run later and leave a deadline of zero).
+                if not self._drain_deadline:
+                    self._drain_deadline = loop.time() + self._drain_for
                 self._start_ready()
                 held = self._tasks or self._ready
                 if (not held and not self._pending) or loop.time() > self._drain_deadline:
