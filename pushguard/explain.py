@@ -46,13 +46,23 @@ def explain(view: MessageView) -> dict[str, Any]:
     for t in view.history:
         if t.src == State.SENDING.value and t.dst not in (State.DELIVERED.value,):
             steps.append((t.at, f"-> {t.dst}: {t.reason}"))
+        elif t.src is None:  # a provider's receipt, after it accepted the message
+            steps.append((t.at, t.reason))
     steps.sort(key=lambda step: step[0])
 
     retries = max(0, sum(1 for a in view.attempts if a.outcome != "lost") - 1)
     failed_over = len(providers_used) > 1
     state = view.state
     fix = ""
-    if state is State.DELIVERED:
+    bounced = [t for t in view.history if t.src is None and t.cause]
+    if state is State.DELIVERED and bounced:
+        verdict = "delivered, then reported undelivered"
+        last = bounced[-1]
+        summary = (f"Accepted by {view.last_provider}, which later reported it undelivered: "
+                   f"{last.reason} ({last.cause}).")
+        fix = taxonomy.describe(taxonomy.get(last.cause or ""), provider=view.last_provider
+                                or "")[1]
+    elif state is State.DELIVERED:
         verdict = "delivered"
         summary = f"Delivered via {view.last_provider}"
         if retries:

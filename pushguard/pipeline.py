@@ -30,6 +30,10 @@ NOT_SUPPRESSED_FIX = (
     "send again once it is fixed."
 )
 
+#: longest a message waits for its provider's rate limit while its worker holds the lease;
+#: beyond that it goes back to the queue for later (no attempt is counted).
+MAX_PACE_WAIT = 2.0
+
 #: a message ending in one of these states starts its next fallback leg, if it has one.
 FALLBACK_STATES = frozenset({State.FAILED, State.DEAD, State.EXPIRED, State.SUPPRESSED})
 
@@ -107,7 +111,15 @@ class Pipeline:
                 next_at=now + wait, avoid_provider=job.avoid_provider,
             )
         provider, breaker = chosen
-        await self._pace(provider)
+        paced = await self._pace(provider)
+        if paced:
+            breaker.release()
+            return Outcome(
+                job.id, State.RETRY_SCHEDULED,
+                f"paced: {provider.name} allows {provider.config.rate:g} messages/s; "
+                f"next try in {paced:.1f} s",
+                next_at=time.time() + paced, avoid_provider=job.avoid_provider,
+            )
         started = time.perf_counter()
         try:
             receipt = await provider.send(delivery)
@@ -135,16 +147,23 @@ class Pipeline:
         self._latency(provider.name).observe(latency)
         return self._failed(job, delivery, provider, breaker, error, now, latency)
 
-    async def _pace(self, provider: Provider) -> None:
-        """Wait for the provider's token bucket, when it has a ``rate``."""
+    async def _pace(self, provider: Provider) -> float:
+        """Wait for the provider's token bucket when it has a ``rate``; returns 0, or how long
+        the message would still have to wait when that is longer than it may wait while
+        holding its lease (it is then rescheduled instead)."""
         bucket = self._buckets.get(provider.name)
         if bucket is None:
             if not provider.config.rate:
-                return
+                return 0.0
             rate = provider.config.rate
             bucket = self._buckets[provider.name] = TokenBucket(rate, max(1.0, rate))
+        waited = 0.0
         while wait := bucket.take():
+            if waited + wait > MAX_PACE_WAIT:
+                return wait
             await asyncio.sleep(wait)
+            waited += wait
+        return 0.0
 
     def _failed(
         self, job: Job, delivery: Delivery, provider: Provider, breaker: Breaker,

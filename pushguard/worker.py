@@ -120,7 +120,18 @@ class Worker:
                     self._drain_deadline = loop.time() + self._drain_for
                 self._start_ready()
                 held = self._tasks or self._ready
-                if (not held and not self._pending) or loop.time() > self._drain_deadline:
+                if not held and not self._pending:
+                    return
+                if loop.time() > self._drain_deadline:
+                    # Out of time: still write what has finished (it was delivered), and leave
+                    # only the unfinished to their leases.
+                    if self._pending:
+                        outcomes, self._pending = self._pending, []
+                        try:
+                            await self._db_call(self.store.record, self.name, outcomes)
+                        except StoreError as exc:
+                            self.log.error("store_failed", error=str(exc),
+                                           pending=len(outcomes))
                     return
             want = self._claim_size(stopping)
             if want == 0 and len(self._pending) < self.batch:

@@ -1,7 +1,7 @@
 """Inbound delivery receipts: providers tell us, after accepting a message, what became of it.
 
 These routes carry no API key (a provider cannot send one); the provider's own signature is the
-authentication, checked before anything is read from the request. A receipt never changes a
+authentication, checked before anything in the request is acted on. A receipt never changes a
 message's terminal state: it is added to the history, and an address the provider reports as
 invalid or opted out goes on the suppression list.
 """
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from pushguard.exceptions import AuthError, InputError, NotFound
+from pushguard.providers.base import ProviderContext
 from pushguard.providers.twilio import TwilioProvider
 from pushguard.receipts.twilio import parse_status, verify_signature
 
@@ -27,9 +28,12 @@ def receipts_router(app: App) -> APIRouter:
     twilio: dict[str, TwilioProvider] = {}
 
     def twilio_for(account_sid: str) -> TwilioProvider:
-        if not twilio:  # built on first use: the API process does not otherwise need providers
-            for p in app.build_providers().values():
-                if isinstance(p, TwilioProvider):
+        if not twilio:  # built on first use, and only the Twilio ones: other providers'
+            # secrets need not be present in the API process.
+            ctx = ProviderContext(app.settings, app.guard)
+            for pc in app.config.providers.values():
+                if pc.type == "twilio":
+                    p = TwilioProvider(pc, ctx)
                     twilio[p.account_sid] = p
         provider = twilio.get(account_sid)
         if provider is None or not provider.status_callback_url:
@@ -37,7 +41,7 @@ def receipts_router(app: App) -> APIRouter:
         return provider
 
     @router.post("/v1/receipts/twilio", status_code=204,
-                 responses={401: {}, 400: {}, 404: {}})
+                 responses={401: {}, 404: {}, 422: {}})
     async def twilio_status(request: Request) -> Response:
         """Twilio status callbacks, verified with X-Twilio-Signature."""
         form = await request.form()

@@ -54,6 +54,7 @@ async def test_signed_status_callback_is_recorded_and_suppresses(sqlite_url: str
                 history = got["history"]
                 if any("30005" in h["reason"] for h in history):
                     break
+            story = httpx.get(f"{url}/v1/messages/{sent['id']}/explain", headers=auth).json()
             stop.set()
             await task
             for p in providers.values():
@@ -68,5 +69,7 @@ async def test_signed_status_callback_is_recorded_and_suppresses(sqlite_url: str
                for h in receipts), history
     assert [(s.channel, s.address) for s in store.suppressions()] == [("sms", "+14155550100")]
     assert forged.status_code == 401
+    assert story["verdict"] == "delivered, then reported undelivered", story
+    assert any("30005" in step for step in story["steps"])
     assert not any(h["reason"].split(": ")[-1] == "delivered" for h in receipts)
     store.close()

@@ -193,3 +193,19 @@ async def test_fallback_chain_moves_to_the_next_channel_when_a_leg_fails(
     assert third.topic == "otp" and third.priority == 0 and third.fallback == []
     assert any("falling back to sms" in t.reason for t in first.history)
     assert third.history[0].reason == f"fallback leg of {second.id}"
+
+
+async def test_a_paced_provider_reschedules_instead_of_outliving_the_lease(
+    store: SQLStore,
+) -> None:
+    config = Config(channels={"webhook": ("slow",)},
+                    providers={"slow": ProviderConfig("slow", "fake", {}, rate=5)},
+                    retry=RetryConfig(base=0.01, cap=0.05))
+    app = App(settings=Settings(), store=store, config=config)
+    ids = enqueue(store, [f"p{i}" for i in range(25)])
+    await run_until_settled(app, ids, timeout=30, concurrency=25, batch=25)
+    views = [store.get(i) for i in ids]
+    assert all(v is not None and v.state is State.DELIVERED for v in views)
+    assert all(v.attempts_count == 1 for v in views if v)  # waiting is not an attempt
+    assert any(t.reason.startswith("paced: slow allows 5") for v in views if v
+               for t in v.history)
