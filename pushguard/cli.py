@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -295,6 +296,28 @@ def messages_list(
     for v in app_for().store.list_messages(state=state, cause=cause, limit=limit):
         t.add_row(v.id, v.channel, v.to[:48], v.state.value,
                   v.failure.cause if v.failure else "", str(v.attempts_count), _when(v.created_at))
+    out.print(t)
+
+
+@cli.command()
+@handles_errors
+def bounces(files: Annotated[list[Path], typer.Argument(help="DSN files (.eml), e.g. a "
+                                                          "bounce mailbox's messages")]) -> None:
+    """Record email bounce reports (RFC 3464) read from files; hard bounces suppress."""
+    from pushguard.receipts.dsn import parse, record_bounces
+
+    app = app_for()
+    t = Table("file", "message", "recipient", "action", "status", "cause", "recorded")
+    for path in files:
+        try:
+            found = record_bounces(app.store, parse(path.read_bytes()))
+        except InputError as exc:
+            t.add_row(str(path), "", "", "", "", f"not a DSN: {exc.problem}", "no")
+            continue
+        for b in found:
+            t.add_row(str(path), b["message_id"] or "?", b["recipient"], b["action"],
+                      b["status"], b["cause"] or "",
+                      "suppressed" if b["suppressed"] else ("yes" if b["recorded"] else "no"))
     out.print(t)
 
 

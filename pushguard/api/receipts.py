@@ -8,15 +8,18 @@ invalid or opted out goes on the suppression list.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from pushguard.api.auth import Auth
 from pushguard.exceptions import AuthError, InputError, NotFound
 from pushguard.providers.base import ProviderContext
 from pushguard.providers.twilio import TwilioProvider
+from pushguard.receipts.dsn import parse as parse_dsn
+from pushguard.receipts.dsn import record_bounces
 from pushguard.receipts.twilio import parse_status, verify_signature
 
 if TYPE_CHECKING:
@@ -71,5 +74,14 @@ def receipts_router(app: App) -> APIRouter:
         if not found:
             raise NotFound(f"no message {message_id!r} sent as {receipt.provider_message_id!r}")
         return Response(status_code=204)
+
+    @router.post("/v1/receipts/dsn", responses={401: {}, 422: {}})
+    async def dsn(request: Request, _: Auth) -> dict[str, Any]:
+        """An email bounce report (RFC 3464 DSN), as raw bytes, from your bounce mailbox.
+
+        Needs an API key: unlike a provider callback, this comes from your own mail pipeline.
+        Hard bounces for bad addresses put the address on the email suppression list."""
+        bounces = parse_dsn(await request.body())
+        return {"bounces": await run_in_threadpool(record_bounces, app.store, bounces)}
 
     return router

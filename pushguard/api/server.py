@@ -11,21 +11,20 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushguard import taxonomy
 from pushguard.api import errors
+from pushguard.api.auth import Auth
 from pushguard.api.receipts import receipts_router
 from pushguard.app import App
 from pushguard.exceptions import (
-    AuthError,
     IdempotencyConflict,
     InputError,
     NotFound,
-    RateLimited,
 )
 from pushguard.explain import explain
 from pushguard.intake import MessageIn
@@ -117,24 +116,6 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise InputError("cursor", "is not a cursor returned by this API") from None
 
 
-def authorize(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The id of the API key in ``Authorization: Bearer <key>``, or 401."""
-    token = ""
-    if authorization and authorization[:7].lower() == "bearer ":
-        token = authorization[7:].strip()
-    # The same work whether the key is missing, malformed or wrong: hash it and look it up.
-    # Looking up by SHA-256 means no secret-dependent comparison happens in Python at all.
-    digest = hashlib.sha256(token.encode()).hexdigest() if token else _DUMMY_HASH
-    key_id = request.app.state.pushguard.store.api_key_id(digest)
-    if not token or key_id is None:
-        raise AuthError("missing or invalid API key (send Authorization: Bearer <key>)")
-    wait = request.app.state.limiter.take(key_id)
-    if wait:
-        raise RateLimited(wait)
-    return str(key_id)
-
-
-Auth = Annotated[str, Depends(authorize)]
 
 
 def create_api(app: App) -> FastAPI:
