@@ -72,12 +72,7 @@ class ChatProvider(Provider):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        self.client = HttpClient(
-            guard=context.guard,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            provider=self.name,
-        )
+        self.client = HttpClient.for_provider(config, context)
 
     @classmethod
     def check_options(cls, config: ProviderConfig, *, location: str) -> list[ConfigError]:

@@ -359,8 +359,7 @@ class FcmProvider(Provider):
                               location=f"{loc}.project_id")
         base = str(config.options.get("base_url") or "https://fcm.googleapis.com").rstrip("/")
         self.url = f"{base}/v1/projects/{project}/messages:send"
-        self.client = HttpClient(guard=context.guard, timeout=config.timeout,
-                                 concurrency=config.concurrency, provider=self.name)
+        self.client = HttpClient.for_provider(config, context)
         token_uri = str(config.options.get("token_uri") or account.token_uri)
         self.tokens = AccessTokens(account, self.client, token_uri)
 

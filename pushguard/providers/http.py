@@ -84,12 +84,7 @@ class HttpProvider(Provider):
             str(k): str(v)
             for k, v in resolve(dict(config.options.get("headers", {})), location=loc).items()
         }
-        self.client = HttpClient(
-            guard=context.guard,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            provider=self.name,
-        )
+        self.client = HttpClient.for_provider(config, context)
 
     @classmethod
     def check_options(cls, config: ProviderConfig, *, location: str) -> list[ConfigError]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -17,6 +18,10 @@ from multidict import CIMultiDictProxy
 from pushguard import taxonomy
 from pushguard.exceptions import DeliveryError, InputError
 from pushguard.ssrf import GuardedResolver, OutboundGuard, find_refusal
+
+if TYPE_CHECKING:
+    from pushguard.config import ProviderConfig
+    from pushguard.providers.base import ProviderContext
 
 #: provider error bodies are stored for diagnosis, but bounded.
 MAX_RAW = 2048
@@ -67,6 +72,12 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
         self._targets: dict[str, str | None] = {}
+
+    @classmethod
+    def for_provider(cls, config: ProviderConfig, context: ProviderContext) -> HttpClient:
+        """The client a provider's config asks for: its timeout and connection limit."""
+        return cls(guard=context.guard, timeout=config.timeout,
+                   concurrency=config.concurrency, provider=config.name)
 
     async def start(self) -> None:
         if self._session is None:

@@ -173,12 +173,7 @@ class TwilioProvider(Provider):
         )
         self.status_callback_url: str | None = opts.get("status_callback_url") or None
         self.price = Decimal(str(opts.get("price_per_segment", DEFAULT_PRICE_PER_SEGMENT)))
-        self.client = HttpClient(
-            guard=context.guard,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            provider=self.name,
-        )
+        self.client = HttpClient.for_provider(config, context)
 
     @classmethod
     def check_options(cls, config: ProviderConfig, *, location: str) -> list[ConfigError]:

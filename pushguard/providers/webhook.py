@@ -133,12 +133,7 @@ class WebhookProvider(Provider):
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
         self._keys = self._load_keys(config, context)
-        self.client = HttpClient(
-            guard=context.guard,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            provider=self.name,
-        )
+        self.client = HttpClient.for_provider(config, context)
         headers = resolve(dict(config.options.get("headers", {})),
                           location=f"providers.{config.name}.headers")
         self.headers = {str(k): str(v) for k, v in headers.items()}

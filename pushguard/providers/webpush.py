@@ -152,12 +152,7 @@ class WebPushProvider(Provider):
             raise ConfigError(f"'ttl' must be whole seconds from 0 to {MAX_TTL}",
                               location=f"{loc}.ttl")
         self.max_ttl = ttl
-        self.client = HttpClient(
-            guard=context.guard,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            provider=self.name,
-        )
+        self.client = HttpClient.for_provider(config, context)
 
     @classmethod
     def check_options(cls, config: ProviderConfig, *, location: str) -> list[ConfigError]:
