@@ -173,6 +173,10 @@ class Worker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug in the pipeline: the message keeps its lease and the reaper re-queues it
+            # (as INTERNAL_CRASH, dead after 5), so nothing is lost, but say so loudly.
+            self.log.error("pipeline_crashed", error=repr(task.exception()))
         self._start_ready()
         if len(self._ready) <= self.batch // 2 or len(self._pending) >= self.batch:
             self._wake.set()
