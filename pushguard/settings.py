@@ -35,6 +35,11 @@ class Settings:
     max_body_bytes: int = 5 * 1024 * 1024
     #: serialized ``content`` larger than this is refused at intake.
     max_content_bytes: int = 64 * 1024
+    #: SNS topics whose SES notifications are accepted (comma-separated ARNs; empty: any topic
+    #: with a valid AWS signature, which anyone can send — set it in production).
+    ses_topic_arns: str = ""
+    #: extra hosts allowed to serve SNS signing certificates (tests, on-prem SNS mirrors).
+    sns_cert_hosts: str = ""
     #: requests per second each API key may make (0 turns the limit off), and its burst.
     api_rate: float = 100.0
     api_burst: float = 200.0

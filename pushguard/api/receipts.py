@@ -8,9 +8,12 @@ invalid or opted out goes on the suppression list.
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -20,10 +23,14 @@ from pushguard.providers.base import ProviderContext
 from pushguard.providers.twilio import TwilioProvider
 from pushguard.receipts.dsn import parse as parse_dsn
 from pushguard.receipts.dsn import record_bounces
+from pushguard.receipts.ses import CertCache, confirmation_url, parse_ses, verify_sns
 from pushguard.receipts.twilio import parse_status, verify_signature
 
 if TYPE_CHECKING:
     from pushguard.app import App
+
+
+log = structlog.get_logger("pushguard.receipts")
 
 
 def receipts_router(app: App) -> APIRouter:
@@ -84,4 +91,55 @@ def receipts_router(app: App) -> APIRouter:
         bounces = parse_dsn(await request.body())
         return {"bounces": await run_in_threadpool(record_bounces, app.store, bounces)}
 
+    certs = CertCache(lambda url: _guarded_get(app, url))
+    cert_hosts = _csv(app.settings.sns_cert_hosts)
+    topics = _csv(app.settings.ses_topic_arns) or None
+
+    @router.post("/v1/receipts/ses", responses={400: {}, 401: {}, 422: {}})
+    async def ses(request: Request) -> dict[str, Any]:
+        """Amazon SES bounce, complaint and delivery notifications, delivered by SNS.
+
+        No API key: the SNS signature (certificate from an AWS host) is the authentication,
+        and ``PUSHGUARD_SES_TOPIC_ARNS`` limits which topics are believed."""
+        try:
+            body = json.loads(await request.body())  # SNS sends text/plain
+        except ValueError:
+            raise InputError("body", "is not JSON (an SNS message was expected)") from None
+        if not isinstance(body, dict):
+            raise InputError("body", "must be a JSON object (an SNS message)")
+        await run_in_threadpool(verify_sns, body, fetch_cert=certs, cert_hosts=cert_hosts,
+                                topic_arns=topics)
+        kind = body.get("Type")
+        if kind == "SubscriptionConfirmation":
+            url = confirmation_url(body, cert_hosts=cert_hosts)
+            if url:
+                await run_in_threadpool(_guarded_get, app, url)
+            return {"confirmed": bool(url)}
+        if kind == "UnsubscribeConfirmation":
+            log.warning("ses_unsubscribed", topic=body.get("TopicArn"))
+            return {"unsubscribed": True}
+        found = await run_in_threadpool(record_bounces, app.store, parse_ses(body))
+        for b in found:
+            if not b["recorded"]:
+                log.warning("ses_receipt_unmatched", message_id=b["message_id"],
+                            recipient=b["recipient"])
+        return {"bounces": found}
+
     return router
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _guarded_get(app: App, url: str) -> bytes:
+    """A small GET through the SSRF guard: no redirects, 5 s, at most 64 KiB."""
+    app.guard.check_url(url, field="url")
+    opener = urllib.request.build_opener(_NoRedirect)
+    with opener.open(url, timeout=5) as resp:  # noqa: S310 - scheme checked by the guard
+        return bytes(resp.read(64 * 1024))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
