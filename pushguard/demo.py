@@ -40,7 +40,7 @@ WEBHOOK_FAULTS = {
 GATEWAY_A_FAULTS = {
     "seed": 12,
     "rates": {"500": 0.03, "invalid": 0.01},
-    "outages": [{"start": 1.0, "end": 5.0, "status": 503}],
+    "outages": [{"start": 1.0, "end": 4.0, "status": 503}],
     "latency_ms": [5, 20],
 }
 GATEWAY_B_FAULTS = {"seed": 13, "latency_ms": [5, 15]}
@@ -51,11 +51,15 @@ def demo_config(primary: str, backup: str) -> Config:
         channels={"webhook": ("webhook",), "sms": ("gateway-a", "gateway-b")},
         providers={
             "webhook": ProviderConfig("webhook", "webhook", {}, timeout=1.0, concurrency=200),
+            # Paced like real SMS gateways, which also keeps the outage in the middle of the
+            # run however fast this machine is.
             "gateway-a": ProviderConfig(
-                "gateway-a", "http", {"url": f"{primary}/sms/gateway-a/send"}, timeout=1.0
+                "gateway-a", "http", {"url": f"{primary}/sms/gateway-a/send"}, timeout=1.0,
+                rate=250,
             ),
             "gateway-b": ProviderConfig(
-                "gateway-b", "http", {"url": f"{backup}/sms/gateway-b/send"}, timeout=1.0
+                "gateway-b", "http", {"url": f"{backup}/sms/gateway-b/send"}, timeout=1.0,
+                rate=250,
             ),
         },
         retry=RetryConfig(base=0.25, cap=2.0, retry_after_cap=3.0),
@@ -107,7 +111,7 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
         console.print(f"  webhook receivers  {primary.http_url}/hooks/*   5xx, timeouts, resets, "
                       "429 + Retry-After, dead endpoints (410)")
         console.print(f"  SMS gateway A      {primary.http_url}/sms/gateway-a   primary: "
-                      "outage from 1 s to 5 s into delivery, 3 % errors")
+                      "outage from 1 s to 4 s into delivery, 3 % errors, 250 msg/s")
         console.print(f"  SMS gateway B      {backup.http_url}/sms/gateway-b   healthy backup")
         settings = Settings(database_url=db_url, webhook_secret=secret,
                             outbound_allow="127.0.0.1", worker_concurrency=60, worker_batch=60,
