@@ -38,18 +38,11 @@ from pushguard.sandbox import Profiles, Recorder
 from pushguard.sandbox.apns import ApnsServer
 from pushguard.settings import Settings
 from pushguard.ssrf import OutboundGuard
+from tests.providers.keys import pem
 
 DEVICE = "a1b2c3d4" * 8
 TEAM, KEY_ID = "TEAM123456", "KEY1234567"
 CONTENT = {"title": "Hi", "body": "there", "data": {"order": 42}}
-
-
-def pem(key: Any) -> str:
-    return str(key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode())
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -27,19 +26,12 @@ from pushguard.providers.httpclient import Response
 from pushguard.sandbox import Sandbox
 from pushguard.settings import Settings
 from pushguard.ssrf import OutboundGuard
+from tests.providers.keys import pem
 
 TOKEN = "cTok3n:APA91b" + "x" * 140
 EMAIL = "pushguard@demo.iam.gserviceaccount.com"
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 CONTENT = {"title": "Hi", "body": "there", "data": {"order": "42"}}
-
-
-def pem(key: Any) -> str:
-    return str(key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode())
 
 
 @pytest.fixture(scope="module")
