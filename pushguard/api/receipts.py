@@ -15,16 +15,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from fastapi import APIRouter, Request, Response
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.concurrency import run_in_threadpool
 
+from pushguard import taxonomy
 from pushguard.api.auth import Auth
 from pushguard.exceptions import AuthError, InputError, NotFound
 from pushguard.providers.base import ProviderContext
+from pushguard.providers.http import HttpProvider
 from pushguard.providers.twilio import TwilioProvider
 from pushguard.receipts.dsn import parse as parse_dsn
 from pushguard.receipts.dsn import record_bounces
 from pushguard.receipts.ses import CertCache, confirmation_url, parse_ses, verify_sns
 from pushguard.receipts.twilio import parse_status, verify_signature
+from pushguard.taxonomy import Action
 
 if TYPE_CHECKING:
     from pushguard.app import App
@@ -90,6 +94,49 @@ def receipts_router(app: App) -> APIRouter:
         Hard bounces for bad addresses put the address on the email suppression list."""
         bounces = parse_dsn(await request.body())
         return {"bounces": await run_in_threadpool(record_bounces, app.store, bounces)}
+
+    gateways: dict[str, HttpProvider] = {}
+
+    @router.post("/v1/receipts/http/{provider}", status_code=204,
+                 responses={401: {}, 404: {}, 422: {}})
+    async def http_receipt(provider: str, request: Request) -> Response:
+        """Delivery receipts from a gateway behind an ``http`` provider, signed per Standard
+        Webhooks with the provider's ``receipt_secret``. Body: ``{"message_id", "status":
+        "delivered"|"failed"|..., "cause"?: a pushguard cause, "error_code"?, "detail"?}``."""
+        gw = gateways.get(provider)
+        if gw is None:
+            pc = app.config.providers.get(provider)
+            if pc is None or pc.type != "http":
+                raise NotFound(f"no http provider {provider!r}")
+            gw = gateways[provider] = HttpProvider(pc, ProviderContext(app.settings, app.guard))
+        if not gw.receipt_secret:
+            raise NotFound(f"provider {provider!r} has no receipt_secret")
+        raw = await request.body()
+        try:
+            data = Webhook(gw.receipt_secret).verify(raw, dict(request.headers))
+        except WebhookVerificationError as exc:
+            raise AuthError(f"receipt signature rejected: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("message_id"), str):
+            raise InputError("message_id", "is required (the pushguard message id)")
+        status = str(data.get("status", "")).lower()
+        if not status:
+            raise InputError("status", "is required, e.g. delivered or failed")
+        cause = taxonomy.get(str(data["cause"])) if data.get("cause") else None
+        note = f"receipt from {provider}: {status}"
+        for key in ("error_code", "detail"):
+            if data.get(key):
+                note += f" ({str(data[key])[:200]})"
+        failed = status in ("failed", "undelivered", "bounced", "rejected")
+        suppress = failed and cause is not None and (
+            cause.action is Action.SUPPRESS or cause is taxonomy.NO_CONSENT)
+        found = await run_in_threadpool(
+            app.store.add_receipt, data["message_id"], provider, note,
+            cause=cause.name if cause else None,
+            suppress=("", cause.name) if suppress and cause else None, by_provider=True,
+        )
+        if not found:
+            raise NotFound(f"no delivered message {data['message_id']!r} sent via {provider}")
+        return Response(status_code=204)
 
     certs = CertCache(lambda url: _guarded_get(app, url))
     cert_hosts = _csv(app.settings.sns_cert_hosts)

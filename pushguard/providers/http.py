@@ -70,7 +70,7 @@ class HttpProvider(Provider):
     meta = ProviderMeta(
         type="http",
         channels=frozenset({"sms", "email", "fcm", "apns", "webpush", "chat", "webhook"}),
-        secret_options=frozenset({"headers"}),
+        secret_options=frozenset({"headers", "receipt_secret"}),
         description="generic JSON POST to a gateway URL",
     )
 
@@ -85,6 +85,10 @@ class HttpProvider(Provider):
             for k, v in resolve(dict(config.options.get("headers", {})), location=loc).items()
         }
         self.client = HttpClient.for_provider(config, context)
+        #: Standard Webhooks secret the gateway signs its delivery receipts with, if it sends
+        #: any (POST /v1/receipts/http/{name}).
+        raw = config.options.get("receipt_secret")
+        self.receipt_secret = str(resolve(raw, location=f"{loc}.receipt_secret")) if raw else None
 
     @classmethod
     def check_options(cls, config: ProviderConfig, *, location: str) -> list[ConfigError]:

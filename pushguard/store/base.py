@@ -105,11 +105,12 @@ class Store(ABC):
     @abstractmethod
     def add_receipt(
         self, message_id: str, provider_message_id: str, note: str, *, cause: str | None = None,
-        suppress: tuple[str, str] | None = None,
+        suppress: tuple[str, str] | None = None, by_provider: bool = False,
     ) -> bool:
         """Record what a provider reported after it accepted a message (an event that does
-        not change the state); optionally suppress ``(channel, reason)`` for its address.
-        False when no such message was sent under that provider id."""
+        not change the state); optionally suppress ``(channel, reason)`` for its address
+        (an empty channel means the message's). False when no delivered message was sent under
+        that provider id (or, with ``by_provider``, through that provider)."""
 
     @abstractmethod
     def suppress(self, channel: str, address: str, reason: str, source: str) -> None: ...

@@ -475,14 +475,18 @@ class SQLStore(Store):
 
     def add_receipt(
         self, message_id: str, provider_message_id: str, note: str, *, cause: str | None = None,
-        suppress: tuple[str, str] | None = None,
+        suppress: tuple[str, str] | None = None, by_provider: bool = False,
     ) -> bool:
         now = time.time()
+        # Normally the provider's own id must match what it told us when it accepted the
+        # message; with by_provider, the sender is instead the provider that took it.
+        matches = (messages.c.last_provider == provider_message_id if by_provider
+                   else messages.c.provider_message_id == provider_message_id)
         with self._write() as conn:
             row = conn.execute(
                 select(messages.c.state, messages.c.channel, messages.c.to_addr).where(
-                    messages.c.id == message_id,
-                    messages.c.provider_message_id == provider_message_id,
+                    messages.c.id == message_id, matches,
+                    messages.c.state == State.DELIVERED.value,
                 )
             ).first()
             if row is None:
@@ -495,7 +499,7 @@ class SQLStore(Store):
             if suppress is not None:
                 channel, reason = suppress
                 conn.execute(self._insert_ignore(suppressions), [{
-                    "channel": channel, "address": row.to_addr, "reason": reason,
+                    "channel": channel or row.channel, "address": row.to_addr, "reason": reason,
                     "source": f"receipt for {message_id}", "created_at": now,
                 }])
         return True
