@@ -25,6 +25,7 @@ from pushguard.ssrf import OutboundGuard
 __all__ = [
     "CHANNELS",
     "CHAT_SCHEMES",
+    "SELF_HOSTED_CHAT_SCHEMES",
     "MAX_ADDRESS_LENGTH",
     "check_header_value",
     "normalize_address",
@@ -57,6 +58,8 @@ _SELF_HOSTED_CHAT_SCHEMES = frozenset(
     }
 )
 CHAT_SCHEMES: frozenset[str] = _HOSTED_CHAT_SCHEMES | _SELF_HOSTED_CHAT_SCHEMES
+#: chat schemes whose host part is a server we connect to (checked by the SSRF guard).
+SELF_HOSTED_CHAT_SCHEMES: frozenset[str] = _SELF_HOSTED_CHAT_SCHEMES
 
 _FCM_TOKEN = re.compile(r"[A-Za-z0-9_:.\-]+\Z")
 _HEX = re.compile(r"[0-9a-f]+\Z")

@@ -172,7 +172,11 @@ class Pipeline:
         cause = error.cause
         provider_name = provider.name
         if cause.action is Action.HOLD:
-            breaker.failure(pause=cause.min_delay)
+            # Counted, not an instant pause: some providers answer a setup-style error for one
+            # recipient or one message (a token from another project, one country's
+            # permission), and that must not stop everyone. Broken credentials fail every
+            # call, so the breaker still opens after a few in a row.
+            breaker.failure()
         elif cause.trips_breaker and error.scope not in RECIPIENT_SCOPES:
             pause = error.retry_after if cause is taxonomy.RATE_LIMITED else None
             breaker.failure(pause=pause)

@@ -39,34 +39,41 @@ log = structlog.get_logger("pushguard.receipts")
 
 def receipts_router(app: App) -> APIRouter:
     router = APIRouter()
-    twilio: dict[str, TwilioProvider] = {}
+    twilio: dict[str, list[TwilioProvider]] = {}
 
-    def twilio_for(account_sid: str) -> TwilioProvider:
+    def twilio_for(account_sid: str) -> list[TwilioProvider]:
         if not twilio:  # built on first use, and only the Twilio ones: other providers'
             # secrets need not be present in the API process.
             ctx = ProviderContext(app.settings, app.guard)
             for pc in app.config.providers.values():
                 if pc.type == "twilio":
                     p = TwilioProvider(pc, ctx)
-                    twilio[p.account_sid] = p
-        provider = twilio.get(account_sid)
-        if provider is None or not provider.status_callback_url:
+                    if p.status_callback_url:
+                        twilio.setdefault(p.account_sid, []).append(p)
+        found = twilio.get(account_sid)
+        if not found:
             raise AuthError("no twilio provider with status callbacks for this account")
-        return provider
+        return found
 
     @router.post("/v1/receipts/twilio", status_code=204,
                  responses={401: {}, 404: {}, 422: {}})
     async def twilio_status(request: Request) -> Response:
         """Twilio status callbacks, verified with X-Twilio-Signature."""
         form = await request.form()
-        provider = twilio_for(str(form.get("AccountSid", "")))
-        # Twilio signs the URL it called: rebuild it from our configured callback URL, not
-        # from the Host header, which a proxy may have rewritten.
-        base = urlsplit(str(provider.status_callback_url))
-        url = urlunsplit((base.scheme, base.netloc, base.path, request.url.query, ""))
         pairs = [(k, str(v)) for k, v in form.multi_items()]
-        if not verify_signature(provider.callback_tokens, url, pairs,
-                                request.headers.get("X-Twilio-Signature", "")):
+        signature = request.headers.get("X-Twilio-Signature", "")
+        provider = None
+        # Several providers may share one account (other senders, other callback URLs):
+        # the one whose URL and token produce this signature sent the message.
+        for candidate in twilio_for(str(form.get("AccountSid", ""))):
+            # Twilio signs the URL it called: rebuild it from our configured callback URL,
+            # not from the Host header, which a proxy may have rewritten.
+            base = urlsplit(str(candidate.status_callback_url))
+            url = urlunsplit((base.scheme, base.netloc, base.path, request.url.query, ""))
+            if verify_signature(candidate.callback_tokens, url, pairs, signature):
+                provider = candidate
+                break
+        if provider is None:
             raise AuthError("X-Twilio-Signature does not match")
         receipt = parse_status(dict(pairs))
         message_id = request.query_params.get("message_id")
@@ -154,6 +161,10 @@ def receipts_router(app: App) -> APIRouter:
             raise InputError("body", "is not JSON (an SNS message was expected)") from None
         if not isinstance(body, dict):
             raise InputError("body", "must be a JSON object (an SNS message)")
+        if topics is None:
+            # A valid SNS signature only proves *some* AWS account sent it: without a topic
+            # allow-list anyone could report bounces and complaints for our addresses.
+            raise AuthError("PUSHGUARD_SES_TOPIC_ARNS is not set; SES notifications are refused")
         await run_in_threadpool(verify_sns, body, fetch_cert=certs, cert_hosts=cert_hosts,
                                 topic_arns=topics)
         kind = body.get("Type")

@@ -179,7 +179,11 @@ def classify(resp: H2Response, *, environment: str = "production") -> DeliveryEr
             detail = (f"the device token is bad for the {environment} environment; a token from "
                       f"a {other} (development/TestFlight) build fails this way, so check for a "
                       "sandbox/production mix-up before deleting tokens in bulk")
-        return error(taxonomy.INVALID_RECIPIENT, detail)
+        # Not suppressed: a wrong `environment` or `topic` in our own config answers exactly
+        # this for every device, and suppressing would deactivate the whole fleet. The message
+        # fails with the hint; a token that is really gone answers 410 and is suppressed then.
+        return error(taxonomy.INVALID_RECIPIENT, detail,
+                     suppress=False if reason != "MissingDeviceToken" else None)
     if reason in ("Unregistered", "ExpiredToken"):
         extra = {}
         if isinstance(doc, dict) and isinstance(doc.get("timestamp"), int | float):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pushguard import taxonomy
+from pushguard.addresses import SELF_HOSTED_CHAT_SCHEMES as SELF_HOSTED
 from pushguard.exceptions import ConfigError, DeliveryError, InputError
 from pushguard.providers.base import Delivery, Provider, ProviderContext, ProviderMeta, Receipt
 from pushguard.providers.chat import CHAT, check_chat_content
@@ -34,6 +35,8 @@ T = taxonomy
 #: schemes whose host part names the account or token, while the server is fixed by the plugin.
 HOSTED = frozenset({"tgram", "slack", "discord", "msteams", "gchat", "pover", "pbul", "pushed",
                     "twilio", "ses", "sns", "mailgun", "sendgrid"})
+#: schemes whose host part is a server to connect to: these go through the SSRF guard.
+SERVER_SCHEMES = SELF_HOSTED | {"json", "jsons", "xml", "xmls", "form", "forms", "ntfy", "ntfys"}
 _STATUS = re.compile(r"(?:error|status)[=:]\s*(\d{3})\b|HTTP error (\d{3})", re.IGNORECASE)
 _CONNECTION = ("connection error", "socket exception", "timed out", "timeout")
 _FORMATS = ("text", "markdown", "html")
@@ -125,7 +128,8 @@ class AppriseProvider(Provider):
             raise ConfigError("'body_format' must be text, markdown or html",
                               location=f"providers.{config.name}.body_format")
         # Persistent storage would write per-URL caches to the home directory.
-        self._asset = self._apprise.AppriseAsset(storage_mode="memory")
+        # No redirects: a 30x could lead a json:// or form:// notification past the SSRF check.
+        self._asset = self._apprise.AppriseAsset(storage_mode="memory", http_redirects=False)
 
     @classmethod
     def check_options(cls, config: ProviderConfig, *, location: str) -> list[ConfigError]:
@@ -151,7 +155,9 @@ class AppriseProvider(Provider):
 
     async def _check_host(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme.lower() in HOSTED:
+        # Only schemes whose host is a server: for the others the host part is an account or
+        # a key, which must neither be looked up in DNS nor end up in an error message.
+        if parts.scheme.lower() not in SERVER_SCHEMES:
             return
         hosts = [parts.hostname or ""] + [v for k, v in parse_qsl(parts.query) if k == "smtp"]
         for host in hosts:
@@ -160,7 +166,7 @@ class AppriseProvider(Provider):
                     raise InputError("to", "the apprise URL names no server")
                 await self.context.guard.check_host_async(host, field="to")
             except InputError as exc:
-                raise DeliveryError(T.VALIDATION_ERROR, exc.problem,
+                raise DeliveryError(T.VALIDATION_ERROR, redact(exc.problem, secrets_of(url)),
                                     provider_code="SSRF_BLOCKED") from exc
 
     async def send(self, delivery: Delivery) -> Receipt:

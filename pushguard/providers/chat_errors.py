@@ -100,8 +100,11 @@ def by_status(resp: Response, service: str, *, status: int | None = None,
     code = f"HTTP {status}"
     html = resp.content_type == "text/html"
     if status in (404, 410):
+        # A bare 404 is also what a mistyped configured base URL answers for every address,
+        # so only an explicit 410 (or the service's own code, handled before) suppresses.
         return failure(resp, T.UNREGISTERED_TOKEN, f"{service} says the webhook or chat is "
-                       f"gone ({status})", code, status=status)
+                       f"gone ({status})", code, status=status,
+                       suppress=None if status == 410 else False)
     if status == 413:
         return failure(resp, T.CONTENT_REJECTED, f"{service}: message too large", code,
                        status=status)

@@ -37,7 +37,8 @@ PHRASES: tuple[tuple[str, taxonomy.Cause, bool | None], ...] = (
     ("user is deactivated", T.UNREGISTERED_TOKEN, None),
     ("bot was kicked", T.UNREGISTERED_TOKEN, None),
     ("bot is not a member", T.UNREGISTERED_TOKEN, None),
-    ("chat not found", T.INVALID_RECIPIENT, None),
+    # Also what every chat answers when the bot token belongs to another bot: never suppress.
+    ("chat not found", T.INVALID_RECIPIENT, False),
     ("group chat was upgraded", T.INVALID_RECIPIENT, None),
     ("bot can't send messages to bots", T.INVALID_RECIPIENT, None),
     ("peer_id_invalid", T.INVALID_RECIPIENT, None),

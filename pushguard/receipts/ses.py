@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pushguard import taxonomy
 from pushguard.exceptions import AuthError, InputError
+from pushguard.providers.smtp import classify
 from pushguard.receipts.dsn import Bounce
 from pushguard.taxonomy import Cause
 
@@ -299,6 +300,9 @@ class SesBounce(Bounce):
         return self.force_suppress or super(SesBounce, self).suppress
 
 
+_REPLY = re.compile(r"([245]\d\d)\b")
+
+
 def parse_ses(message: Mapping[str, Any]) -> list[Bounce]:
     """The recipients' fates in one (verified) SNS notification carrying an SES event.
 
@@ -351,7 +355,17 @@ def parse_ses(message: Mapping[str, Any]) -> list[Bounce]:
                 status = default_status
             diag = _str(rec.get("diagnosticCode")).split(";", 1)[-1].strip()
             note = f"SES {btype}/{sub}" + (f": {diag}" if diag else "")
-            out.append(make(addr, action, status, note, cause, f"{btype}/{sub}", force))
+            rcause, rforce = cause, force
+            if sub == "General" and _STATUS.match(_str(rec.get("status")).strip()):
+                # "Permanent/General" also covers the receiver refusing our own DMARC/DKIM
+                # (5.7.26) or content (5.7.1): read the recipient's status like a DSN, and
+                # suppress only when it is about the address.
+                reply = _REPLY.match(diag)
+                code = int(reply.group(1)) if reply else (550 if status[0] == "5" else 450)
+                rest = diag[reply.end():].strip() if reply else diag
+                rcause = classify(code, f"{status} {rest}".strip(), stage="rcpt").cause
+                rforce = permanent and rcause is taxonomy.INVALID_RECIPIENT
+            out.append(make(addr, action, status, note, rcause, f"{btype}/{sub}", rforce))
         return out
     if kind == "Complaint":
         complaint = _obj(body.get("complaint"))

@@ -453,3 +453,16 @@ def test_record_bounces_suppresses_complaints() -> None:
     # A plain Bounce keeps dsn.py's rule: a complaint-like record alone would not suppress.
     plain = Bounce("m", "<m@x>", "a@b.c", "complained", "abuse", "", taxonomy.NO_CONSENT)
     assert not plain.suppress
+
+
+def test_general_bounce_for_our_own_dmarc_does_not_suppress() -> None:
+    ses = {"notificationType": "Bounce",
+           "mail": {"messageId": "x", "commonHeaders": {"messageId": "<msg_1@shop.example>"}},
+           "bounce": {"bounceType": "Permanent", "bounceSubType": "General",
+                      "bouncedRecipients": [{
+                          "emailAddress": "a@example.com", "status": "5.7.26",
+                          "diagnosticCode": "smtp; 550 5.7.26 Unauthenticated email from "
+                                            "shop.example is not accepted due to DMARC policy"}]}}
+    (b,) = parse_ses({"Type": "Notification", "Message": json.dumps(ses)})
+    assert b.cause is not None and b.cause.name == "SENDER_CONFIG"
+    assert not b.suppress
