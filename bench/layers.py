@@ -35,11 +35,10 @@ def _settings(hook: str, db_url: str = "sqlite:///:memory:") -> Any:
 
 def _jobs(hook: str, n: int) -> list[Any]:
     from pushguard.models import Job, new_id
-    from pushguard.states import State
 
     now = time.time()
     return [Job(id=new_id(), channel="webhook", to=hook, content=load.content(i), topic=None,
-                priority=1, attempts=0, prev_state=State.QUEUED, created_at=now,
+                priority=1, attempts=0, created_at=now,
                 expires_at=now + 86400) for i in range(n)]
 
 

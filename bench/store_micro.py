@@ -66,7 +66,6 @@ class RawSQLite:
 
     def claim(self, owner: str, limit: int, lease: float) -> list[Any]:
         from pushguard.models import Job
-        from pushguard.states import State
 
         now = time.time()
         c = self.c
@@ -96,7 +95,7 @@ class RawSQLite:
         if not rows:
             return []
         return [Job(id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
-                    priority=r[5], attempts=r[6], prev_state=State(r[7]), created_at=r[8],
+                    priority=r[5], attempts=r[6], created_at=r[8],
                     expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
                     suppressed=blocked.get((r[1], r[2]))) for r in rows]
 

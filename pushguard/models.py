@@ -58,7 +58,6 @@ class Job:
     topic: str | None
     priority: int
     attempts: int
-    prev_state: State
     created_at: float
     expires_at: float
     avoid_provider: str | None = None

@@ -22,10 +22,6 @@ class Summary:
     by_provider: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def delivered(self) -> int:
-        return self.first_try + self.after_retry + self.failed_over
-
     def rows(self) -> list[tuple[str, int]]:
         return [
             ("delivered on the first try", self.first_try),

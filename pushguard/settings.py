@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +69,12 @@ class Settings:
             raise ConfigError("expected 'relaxed' or 'full'", location=PREFIX + "WORKER_COMMITS")
         return settings
 
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
-
     @property
     def config_path(self) -> Path | None:
         if self.config:
             return Path(self.config)
         default = Path("pushguard.toml")
         return default if default.exists() else None
-
-    @property
-    def outbound_allow_list(self) -> list[str]:
-        return [part.strip() for part in self.outbound_allow.split(",") if part.strip()]
 
 
 def _coerce(name: str, type_: Any, raw: str) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pushguard.exceptions import ConfigError
@@ -32,7 +32,8 @@ class ProviderMeta:
     channels: frozenset[str]
     #: option names whose values are secrets: never logged, never returned by the API.
     secret_options: frozenset[str] = frozenset()
-    #: largest serialized payload the provider accepts, checked at intake.
+    #: largest serialized payload the provider accepts (for people and tools reading the
+    #: metadata; each provider's ``validate_content`` enforces it at intake).
     max_payload_bytes: int | None = None
     description: str = ""
 
@@ -64,7 +65,6 @@ class Receipt:
 class ProviderContext:
     settings: Settings
     guard: OutboundGuard
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Provider(ABC):

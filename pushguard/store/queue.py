@@ -127,7 +127,7 @@ class QueueSQL:
         return [
             Job(
                 id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
-                priority=r[5], attempts=r[6], prev_state=State(r[7]), created_at=r[8],
+                priority=r[5], attempts=r[6], created_at=r[8],
                 expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
                 suppressed=blocked.get((r[1], r[2])),
                 fallback=json.loads(r[12]) if r[12] else [],
