@@ -87,17 +87,15 @@ class RawSQLite:
                           "VALUES (?, ?, ?, 'sending', ?, NULL)",
                           [(r[0], now, r[7], f"claimed by {owner}") for r in rows])
             addrs = sorted({r[2] for r in rows})
-            blocked = {(ch, a): f"{a} is on the {ch} suppression list ({why}, {src})"
-                       for ch, a, why, src in c.execute(
-                           "SELECT channel, address, reason, source FROM suppressions WHERE "
-                           f"address IN ({','.join('?' * len(addrs))})", addrs)}
+            # the gate's suppression lookup, like for like with the store's first batch
+            c.execute("SELECT channel, address, reason, source FROM suppressions WHERE "
+                      f"address IN ({','.join('?' * len(addrs))})", addrs).fetchall()
         c.execute("COMMIT")
         if not rows:
             return []
         return [Job(id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
                     priority=r[5], attempts=r[6], created_at=r[8],
-                    expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
-                    suppressed=blocked.get((r[1], r[2]))) for r in rows]
+                    expires_at=r[9], avoid_provider=r[10], last_cause=r[11]) for r in rows]
 
     def record(self, owner: str, outs: list[Any]) -> int:
         from pushguard.states import State

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from pushguard import config as config_mod
+from pushguard.audience.links import Links, link_keys
+from pushguard.audience.service import Audience
 from pushguard.circuit import BreakerState
 from pushguard.config import Config
+from pushguard.exceptions import ConfigError
 from pushguard.intake import Intake
 from pushguard.metrics import Metrics
 from pushguard.pipeline import Pipeline
@@ -36,10 +39,30 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)
     guard: OutboundGuard = field(init=False)
     intake: Intake = field(init=False)
+    audience: Audience = field(init=False)
 
     def __post_init__(self) -> None:
         self.guard = OutboundGuard.from_env(self.settings.outbound_allow)
-        self.intake = Intake(self.store, self.config, self.guard, self.settings)
+        if isinstance(self.store, SQLStore):
+            self.store.configure_audience(self.config.audience)
+        self.audience = Audience(self.store, self.guard)  # type: ignore[arg-type]
+        self.intake = Intake(self.store, self.config, self.guard, self.settings,
+                             audience=self.audience)
+        self._links: Links | None = None
+
+    @property
+    def links(self) -> Links:
+        """Signs and verifies the links in messages; raises ConfigError without a key."""
+        if self._links is None:
+            url = self.store.url if isinstance(self.store, SQLStore) else None
+            self._links = Links(link_keys(self.settings, url), self.settings.public_url)
+        return self._links
+
+    def links_or_none(self) -> Links | None:
+        try:
+            return self.links
+        except ConfigError:
+            return None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None) -> App:
@@ -67,7 +90,7 @@ class App:
         )
         r = self.config.retry
         policy = RetryPolicy(base=r.base, cap=r.cap, retry_after_cap=r.retry_after_cap)
-        return Pipeline(router, policy, metrics=self.metrics)
+        return Pipeline(router, policy, metrics=self.metrics, links=self.links_or_none())
 
     def worker_store(self) -> Store:
         """The store a worker writes through: relaxed commits unless configured otherwise,
@@ -76,7 +99,9 @@ class App:
             return self.store
         if self.store.url != normalize_url(self.settings.database_url):
             return self.store  # built with a store of its own: respect it
-        return SQLStore(self.settings.database_url, relaxed_commits=True)
+        store = SQLStore(self.settings.database_url, relaxed_commits=True)
+        store.configure_audience(self.config.audience)
+        return store
 
     def build_worker(self, providers: dict[str, Provider], **overrides: float) -> Worker:
         s = self.settings

@@ -210,22 +210,24 @@ def webhook_secret() -> None:
 @handles_errors
 def send(
     channel: Annotated[str, typer.Option(help="webhook, email, sms, fcm, apns, webpush, chat")],
-    to: Annotated[str, typer.Option(help="the address on that channel")],
+    to: Annotated[str | None, typer.Option(help="the address on that channel")] = None,
     content: Annotated[str, typer.Option(help="content as a JSON object")] = "{}",
     topic: Annotated[str | None, typer.Option()] = None,
     priority: Annotated[str, typer.Option(help="high, normal or bulk")] = "normal",
     send_at: Annotated[str | None, typer.Option(help="RFC 3339 time")] = None,
     ttl: Annotated[int | None, typer.Option(help="seconds the message may wait")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    contact: Annotated[str | None, typer.Option(help="a contact id or external id (then --to "
+                                                     "may be left out)")] = None,
 ) -> None:
     """Enqueue one message; prints its id and state."""
     try:
         body = json.loads(content)
     except ValueError as exc:
         raise InputError("content", f"is not valid JSON ({exc.args[0]})") from exc
-    raw: dict[str, Any] = {"channel": channel, "to": to, "content": body, "priority": priority}
-    for k, v in (("topic", topic), ("send_at", send_at), ("ttl", ttl),
-                 ("idempotency_key", idempotency_key)):
+    raw: dict[str, Any] = {"channel": channel, "content": body, "priority": priority}
+    for k, v in (("to", to), ("topic", topic), ("send_at", send_at), ("ttl", ttl),
+                 ("idempotency_key", idempotency_key), ("contact", contact)):
         if v is not None:
             raw[k] = v
     app = app_for()
@@ -382,35 +384,65 @@ def sup_list(limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
 @sup_cli.command("add")
 @handles_errors
 def sup_add(channel: str, address: str,
-            reason: Annotated[str, typer.Option()] = "manual") -> None:
-    """Suppress an address on a channel."""
+            reason: Annotated[str, typer.Option()] = "manual",
+            note: Annotated[str, typer.Option(help="why, for the audit log")] = "") -> None:
+    """Suppress an address on a channel (audited)."""
     from pushguard.addresses import normalize_address
 
     app = app_for()
     normal = normalize_address(channel, address, guard=app.guard, field="address",
                                resolve=False)
-    app.store.suppress(channel, normal, reason, "cli")
+    app.store.suppress(channel, normal, reason, note or "cli", actor=_actor())
     out.print(f"suppressed {channel} {normal}")
 
 
 @sup_cli.command("remove")
 @handles_errors
-def sup_remove(channel: str, address: str) -> None:
-    """Lift a suppression."""
+def sup_remove(channel: str, address: str,
+               note: Annotated[str, typer.Option(help="why, for the audit log")] = "") -> None:
+    """Lift a suppression (audited)."""
     from pushguard.addresses import normalize_address
 
     app = app_for()
     normal = normalize_address(channel, address, guard=app.guard, field="address",
                                resolve=False)
-    if not app.store.unsuppress(channel, normal):
+    if not app.store.unsuppress(channel, normal, actor=_actor(), note=note):
         fail(f"{normal} is not suppressed on {channel}")
     out.print(f"removed {channel} {normal}")
+
+
+def _actor() -> str:
+    """Who is running the CLI, for the audit log."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in this environment
+        return "cli"
 
 
 def _when(ts: object) -> str:
     if not isinstance(ts, int | float):
         return ""
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- audience (its own modules; registered here so `pushguard --help` lists them) -----------
+def _register_audience() -> None:
+    from pushguard import cli_audience, cli_data, cli_optin
+
+    contacts: typer.Typer = cli_audience.contacts_cli
+    cli.add_typer(contacts, name="contacts")
+    cli.add_typer(cli_audience.topics_cli, name="topics")
+    cli.add_typer(cli_audience.consent_cli, name="consent")
+    cli.add_typer(cli_data.doctor_cli, name="doctor")
+    for name, fn in (("import", getattr(cli_data, "import_contacts", None)),
+                     ("subscribe", getattr(cli_optin, "subscribe", None))):
+        if fn is not None:
+            contacts.command(name)(fn)
+
+
+_register_audience()
 
 
 def main() -> None:

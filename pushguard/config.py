@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pushguard.exceptions import ConfigError
+from pushguard.audience.rules import AudiencePolicy, Cap, QuietHours, check_timezone
+from pushguard.exceptions import ConfigError, InputError
 from pushguard.settings import Settings, secret_from_env
 
 
@@ -68,6 +69,7 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
+    audience: AudiencePolicy = AudiencePolicy()
     source: str = "<defaults>"
 
     def providers_for(self, channel: str) -> list[ProviderConfig]:
@@ -134,7 +136,7 @@ _PROVIDER_KEYS = {"type", "timeout", "rate", "concurrency"}
 
 def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigError]]:
     problems: list[ConfigError] = []
-    known = {"channels", "providers", "retry", "breaker"}
+    known = {"channels", "providers", "retry", "breaker", "audience"}
     for key in data:
         if key not in known:
             problems.append(ConfigError(f"unknown section [{key}]", location=f"{source}:{key}"))
@@ -205,7 +207,42 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
             )
         except ConfigError as exc:
             problems.append(exc)
-    return Config(channels, providers, retry, breaker, source), problems
+    audience = AudiencePolicy()
+    if "audience" in data:
+        audience = _audience(data["audience"], f"{source}:audience", problems)
+    return Config(channels, providers, retry, breaker, audience, source), problems
+
+
+_AUDIENCE_KEYS = {"quiet_hours", "default_timezone", "marketing_cap", "confirm_ttl",
+                  "policy_version"}
+
+
+def _audience(raw: Any, loc: str, problems: list[ConfigError]) -> AudiencePolicy:
+    if not isinstance(raw, Mapping):
+        problems.append(ConfigError("must be a table", location=loc))
+        return AudiencePolicy()
+    for key in raw:
+        if key not in _AUDIENCE_KEYS:
+            problems.append(ConfigError(f"unknown key {key!r}; known: "
+                                        f"{', '.join(sorted(_AUDIENCE_KEYS))}",
+                                        location=f"{loc}.{key}"))
+    values: dict[str, Any] = {}
+    for key, parse in (("quiet_hours", QuietHours.parse), ("marketing_cap", Cap.parse),
+                       ("default_timezone", check_timezone)):
+        if key in raw:
+            try:
+                if not isinstance(raw[key], str):
+                    raise InputError(key, "must be a string")
+                values[key] = parse(raw[key], field=key)
+            except InputError as exc:
+                problems.append(ConfigError(exc.problem, location=f"{loc}.{key}"))
+    try:
+        values["confirm_ttl"] = int(_num(raw, "confirm_ttl", 2 * 86400, loc, minimum=60))
+    except ConfigError as exc:
+        problems.append(exc)
+    if "policy_version" in raw:
+        values["policy_version"] = str(raw["policy_version"])
+    return AudiencePolicy(**values)
 
 
 def _num(table: Any, key: str, default: float, loc: str, *, minimum: float) -> float:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from pushguard import logs
 from pushguard.app import App
+from pushguard.audience.models import TopicIn
 from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
 from pushguard.explain import as_text, explain
 from pushguard.intake import MessageIn
@@ -120,6 +121,9 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
         store.migrate()
         app = App(settings=settings, store=store, config=demo_config(primary.http_url,
                                                                      backup.http_url))
+        for name, what in (("orders", "order updates"), ("otp", "sign-in codes")):
+            app.audience.put_topic(TopicIn(name=name, kind="transactional", description=what),
+                                   actor="demo")
         started = time.time()
         ids = _enqueue(app, messages(primary.http_url, n, random.Random(5)))
         console.print(f"Accepted {len(ids)} messages into the durable queue "

@@ -78,6 +78,12 @@ def explain(view: MessageView) -> dict[str, Any]:
             fix = f.fix
         else:
             summary = f"{state.value.capitalize()}."
+    elif state is State.DEFERRED and view.failure is not None and view.failure.rule:
+        verdict = "deferred"
+        summary = (f"Waiting, by the {view.failure.rule.replace('_', ' ')} rule: "
+                   f"{view.failure.explanation.rstrip('.')}. It goes at "
+                   f"{rfc3339(view.next_at)}; gives up at {rfc3339(view.expires_at)}.")
+        fix = view.failure.fix
     else:
         verdict = "pending"
         summary = f"Not finished: {state.value}"
@@ -92,6 +98,7 @@ def explain(view: MessageView) -> dict[str, Any]:
         "verdict": verdict,
         "summary": summary,
         "cause": cause,
+        "rule": view.failure.rule if view.failure and state is not State.DELIVERED else None,
         "transient": taxonomy.get(cause).transient if cause else None,
         "fix": fix,
         "retries": retries,

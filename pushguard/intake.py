@@ -11,18 +11,21 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from pushguard.addresses import CHANNELS, check_header_value, normalize_address
 from pushguard.config import Config
-from pushguard.exceptions import IdempotencyConflict, InputError
+from pushguard.exceptions import IdempotencyConflict, InputError, NotFound
 from pushguard.models import PRIORITIES, Accepted, NewMessage
 from pushguard.providers.registry import provider_class
 from pushguard.settings import Settings
 from pushguard.ssrf import OutboundGuard
 from pushguard.store.base import Store
+
+if TYPE_CHECKING:
+    from pushguard.audience.service import Audience
 
 MAX_SEND_AHEAD = 366 * 86400
 
@@ -46,7 +49,12 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     channel: str = Field(max_length=32, description="webhook, email, sms, fcm, apns, webpush, chat")
-    to: str = Field(min_length=1, max_length=8192, description="the address on that channel")
+    to: str | None = Field(default=None, min_length=1, max_length=8192,
+                           description="the address on that channel (or give contact)")
+    contact: str | None = Field(
+        default=None, min_length=1, max_length=255,
+        description="a contact's id or external id: without `to`, the message goes to its best "
+        "active address on the channel; consent, caps and quiet hours are the contact's")
     content: dict[str, Any] = Field(description="channel-specific content (a JSON object)")
     topic: str | None = Field(
         default=None, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$",
@@ -66,7 +74,7 @@ def request_hash(msg: NewMessage) -> str:
     """A fingerprint of what was asked, after normalisation and without the idempotency key:
     ``+1 415 555 0100`` and ``+14155550100`` are the same request."""
     body = [msg.channel, msg.to, msg.content, msg.topic, msg.priority, msg.send_at, msg.ttl,
-            msg.fallback]
+            msg.fallback, msg.contact_id]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -109,12 +117,31 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[InputError
 
 class Intake:
     def __init__(
-        self, store: Store, config: Config, guard: OutboundGuard, settings: Settings
+        self, store: Store, config: Config, guard: OutboundGuard, settings: Settings,
+        *, audience: Audience | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.guard = guard
         self.settings = settings
+        self.audience = audience
+        self._topics: dict[str, str] = {}
+        self._topics_at = 0.0
+
+    def topic_kind(self, name: str, field: str = "topic") -> str:
+        """``marketing`` or ``transactional``; an unknown topic is refused. Topics are never
+        deleted, so a cached hit is safe; a miss is always checked against the database."""
+        if self.audience is None:
+            return "transactional"
+        now = time.monotonic()
+        if name not in self._topics or now - self._topics_at > 5.0:
+            self._topics = self.audience.topic_kinds()
+            self._topics_at = now
+        kind = self._topics.get(name)
+        if kind is None:
+            raise InputError(field, f"unknown topic {name!r}; create it first (pushguard "
+                             "topics add, or POST /v1/topics)")
+        return kind
 
     def parse(self, raw: Any, *, prefix: str = "") -> MessageIn:
         if not isinstance(raw, dict):
@@ -136,7 +163,25 @@ class Intake:
         def f(name: str) -> str:
             return prefix + name
 
-        to = self._target(item.channel, item.to, item.content, prefix, memo)
+        contact_id = None
+        to_raw = item.to
+        if item.topic is not None:
+            self.topic_kind(item.topic, f("topic"))
+        if item.contact is not None:
+            if self.audience is None:
+                raise InputError(f("contact"), "this store keeps no contacts")
+            try:
+                if to_raw is None:
+                    contact_id, to_raw = self.audience.best_address(item.contact, item.channel)
+                else:
+                    contact_id = self.audience.resolve(item.contact)
+            except NotFound as exc:
+                raise InputError(f("contact"), exc.message) from exc
+            except InputError as exc:
+                raise InputError(f("contact"), exc.problem) from exc
+        if to_raw is None:
+            raise InputError(f("to"), "is required (or name a contact)")
+        to = self._target(item.channel, to_raw, item.content, prefix, memo)
         key = item.idempotency_key
         if header_key is not None:
             if key is not None and key != header_key:
@@ -169,6 +214,7 @@ class Intake:
             ttl=ttl,
             idempotency_key=key,
             fallback=legs,
+            contact_id=contact_id,
         )
         if key is not None:
             msg.request_hash = request_hash(msg)

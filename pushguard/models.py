@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pushguard.states import State
+
+if TYPE_CHECKING:
+    from pushguard.audience.gate import Stop
 
 PRIORITIES = {"high": 0, "normal": 1, "bulk": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
@@ -35,6 +38,8 @@ class NewMessage:
     fallback: list[dict[str, Any]] = field(default_factory=list)
     #: the message this one is a fallback leg of
     parent_id: str | None = None
+    #: the contact it is for, when known
+    contact_id: str | None = None
     id: str = field(default_factory=new_id)
 
 
@@ -62,9 +67,12 @@ class Job:
     expires_at: float
     avoid_provider: str | None = None
     last_cause: str | None = None
-    #: why the address is on the suppression list, if it is.
-    suppressed: str | None = None
     fallback: list[dict[str, Any]] = field(default_factory=list)
+    contact_id: str | None = None
+    #: the topic is a marketing topic (unsubscribe links, caps, quiet hours apply)
+    marketing: bool = False
+    #: why the pre-send gate stops this message now, if it does
+    stop: Stop | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +83,11 @@ class Failure:
     explanation: str
     fix: str
     provider: str | None = None
+    #: the gate's rule that stopped the message (consent, quiet_hours, frequency_cap...)
+    rule: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "cause": self.cause,
             "transient": self.transient,
             "provider_code": self.provider_code,
@@ -85,6 +95,9 @@ class Failure:
             "fix": self.fix,
             "provider": self.provider,
         }
+        if self.rule is not None:
+            out["rule"] = self.rule
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +168,7 @@ class MessageView:
     delivered_at: float | None
     failure: Failure | None
     parent_id: str | None = None
+    contact_id: str | None = None
     fallback: list[dict[str, Any]] = field(default_factory=list)
     #: the fallback leg created when this message failed, if any
     next_leg_id: str | None = None

@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 
 from pushguard import taxonomy
+from pushguard.audience.gate import stop_failure
+from pushguard.audience.links import Links, with_unsubscribe
 from pushguard.circuit import Breaker
 from pushguard.exceptions import DeliveryError
 from pushguard.metrics import Metrics
@@ -65,8 +67,10 @@ class Pipeline:
         *,
         metrics: Metrics | None = None,
         log: Any = None,
+        links: Links | None = None,
     ) -> None:
         self.router = router
+        self.links = links
         self.policy = policy
         self.metrics = metrics or Metrics()
         self.log = log or structlog.get_logger("pushguard.pipeline")
@@ -85,16 +89,27 @@ class Pipeline:
 
     async def _process(self, job: Job) -> Outcome:
         now = time.time()
-        if job.suppressed:
+        stop = job.stop
+        if stop is not None:
+            if stop.next_at is not None and stop.next_at >= job.expires_at:
+                out = self._expired(job, stop.cause, detail=f"{stop.rule}: {stop.detail}")
+                out.reason += " (the wait would outlast the message's TTL)"
+                return out
             return Outcome(
-                job.id, State.SUPPRESSED, f"not sent: {job.suppressed}",
-                failure=failure_of(taxonomy.POLICY_SUPPRESSED, provider=None,
-                                   detail=job.suppressed),
+                job.id, stop.state, f"{stop.state.value} by {stop.rule}: {stop.detail}",
+                next_at=stop.next_at, failure=stop_failure(stop), counts_attempt=False,
             )
         if now >= job.expires_at:
             return self._expired(job, job.last_cause)
+        content = job.content
+        if job.marketing and job.contact_id and job.channel == "email":
+            if self.links is None:
+                return self._hold(job, now, taxonomy.SENDER_CONFIG,
+                                  "no PUSHGUARD_SECRET_KEY to sign the unsubscribe link a "
+                                  "marketing email must carry")
+            content = with_unsubscribe(content, self.links, job.contact_id, job.topic or "")
         delivery = Delivery(
-            message_id=job.id, channel=job.channel, to=job.to, content=job.content,
+            message_id=job.id, channel=job.channel, to=job.to, content=content,
             topic=job.topic, attempt=job.attempts + 1, priority=job.priority,
             expires_at=job.expires_at,
         )
@@ -225,6 +240,7 @@ class Pipeline:
             channel=leg["channel"], to=leg["to"], content=dict(leg["content"]),
             topic=job.topic, priority=job.priority,
             ttl=max(60, int(job.expires_at - job.created_at)), fallback=rest, parent_id=job.id,
+            contact_id=job.contact_id,
         )
         outcome.fallback_leg = child
         outcome.reason += f"; falling back to {child.channel} as {child.id}"
@@ -241,8 +257,10 @@ class Pipeline:
         )
 
     def _hold_unrouted(self, job: Job, now: float) -> Outcome:
-        cause = taxonomy.SENDER_CONFIG
-        detail = f"no provider is configured for channel {job.channel!r}"
+        return self._hold(job, now, taxonomy.SENDER_CONFIG,
+                          f"no provider is configured for channel {job.channel!r}")
+
+    def _hold(self, job: Job, now: float, cause: taxonomy.Cause, detail: str) -> Outcome:
         at = now + cause.min_delay
         if at >= job.expires_at:
             return self._expired(job, cause.name, detail=detail)

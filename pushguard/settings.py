@@ -43,6 +43,12 @@ class Settings:
     #: requests per second each API key may make (0 turns the limit off), and its burst.
     api_rate: float = 100.0
     api_burst: float = 200.0
+    #: keys that sign confirmation, unsubscribe and preference links, comma-separated: the
+    #: first signs, all verify (rotation). When empty, a key is generated next to a SQLite
+    #: database (``<db>.secret``); PostgreSQL deployments must set it on every process.
+    secret_key: str = field(default="", repr=False)
+    #: the address people reach the public pages at (links in messages point there).
+    public_url: str = "http://127.0.0.1:8000"
     default_ttl: int = 86400
     max_ttl: int = 30 * 86400
     #: ``relaxed``: a worker's bookkeeping commits survive a crash of the process but not a

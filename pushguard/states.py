@@ -3,6 +3,7 @@
 ::
 
     accepted ─┬─► queued ──────────┐
+              ├─► deferred (quiet hours, at intake)
               └─► suppressed       ▼
                        ┌──────► sending ─┬─► delivered
     retry_scheduled ───┤                 ├─► failed      (permanent cause; the address may
@@ -16,9 +17,10 @@
                                          └─► deferred    (policy: wait until an allowed time)
 
 ``accepted`` exists only inside the intake transaction: a message is committed as ``queued``
-(or ``suppressed``) and the ``accepted -> ...`` transition is recorded, so a 202 always names a
-message a worker can claim. Terminal states never change again. Every transition is a row in
-``events`` with its reason and cause; every call to a provider is a row in ``attempts``.
+(or ``suppressed`` / ``deferred`` by the pre-send gate) and the ``accepted -> ...`` transition
+is recorded, so a 202 always names a message a worker can claim. Terminal states never change
+again. Every transition is a row in ``events`` with its reason and cause; every call to a
+provider is a row in ``attempts``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ TERMINAL = frozenset(
 
 _WAITING = frozenset({State.SENDING})
 ALLOWED: dict[State, frozenset[State]] = {
-    State.ACCEPTED: frozenset({State.QUEUED, State.SUPPRESSED}),
+    State.ACCEPTED: frozenset({State.QUEUED, State.SUPPRESSED, State.DEFERRED}),
     State.QUEUED: _WAITING,
     State.DEFERRED: _WAITING,
     State.RETRY_SCHEDULED: _WAITING,

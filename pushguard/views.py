@@ -23,6 +23,7 @@ def message_json(view: MessageView, *, full: bool = True) -> dict[str, Any]:
         "channel": view.channel,
         "to": view.to,
         "topic": view.topic,
+        "contact_id": view.contact_id,
         "priority": PRIORITY_NAMES.get(view.priority, "normal"),
         "state": view.state.value,
         "created_at": rfc3339(view.created_at),

@@ -74,7 +74,8 @@ def pg_schema_url() -> Iterator[str]:
 def _truncate(store: SQLStore) -> None:
     with store._writer.begin() as conn:
         for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
+            if table.name != "audience_generation":  # one row the migration puts there
+                conn.execute(table.delete())
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -18,7 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushguard import taxonomy
 from pushguard.api import errors
+from pushguard.api.audience import audience_router
 from pushguard.api.auth import Auth
+from pushguard.api.data import data_router
+from pushguard.api.inbound import inbound_router
+from pushguard.api.public import public_router
 from pushguard.api.receipts import receipts_router
 from pushguard.app import App
 from pushguard.exceptions import (
@@ -130,6 +134,10 @@ def create_api(app: App) -> FastAPI:
     api.add_middleware(BodyLimit, limit=app.settings.max_body_bytes)
     app.metrics.watch_queue(app.store)
     api.include_router(receipts_router(app))
+    api.include_router(audience_router(app))
+    api.include_router(public_router(app))
+    api.include_router(inbound_router(app))
+    api.include_router(data_router(app))
     store = app.store
 
     def accepted_json(result: Accepted) -> dict[str, Any]:

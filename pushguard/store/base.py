@@ -113,10 +113,14 @@ class Store(ABC):
         that provider id (or, with ``by_provider``, through that provider)."""
 
     @abstractmethod
-    def suppress(self, channel: str, address: str, reason: str, source: str) -> None: ...
+    def suppress(self, channel: str, address: str, reason: str, source: str,
+                 *, actor: str = "admin") -> None:
+        """Put an address on a channel's suppression list (audited)."""
 
     @abstractmethod
-    def unsuppress(self, channel: str, address: str) -> bool: ...
+    def unsuppress(self, channel: str, address: str, *, actor: str = "admin",
+                   note: str = "") -> bool:
+        """Lift a suppression; the audit log keeps what it was, who lifted it and why."""
 
     @abstractmethod
     def suppressions(self, limit: int = 100) -> list[Suppression]: ...

@@ -22,7 +22,7 @@ CHUNK = 500
 
 _JOB_COLUMNS = (
     "id, channel, to_addr, content, topic, priority, attempts, state, created_at, expires_at, "
-    "avoid_provider, last_cause, fallback"
+    "avoid_provider, last_cause, fallback, contact_id"
 )
 # The condition must read exactly like the partial index's, or the planner will not use it.
 _CLAIM = (
@@ -33,7 +33,6 @@ _CLAIM = (
 _LEASE = "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, " \
     "updated_at = ? WHERE id IN ({ids})"
 _EVENT = "INSERT INTO events (message_id, at, src, dst, reason, cause) VALUES (?, ?, ?, ?, ?, ?)"
-_SUPPRESSED = "SELECT channel, address, reason, source FROM suppressions WHERE address IN ({ids})"
 _HELD = "SELECT id FROM messages WHERE id IN ({ids}) AND lease_owner = ? AND state = 'sending'"
 _OUTCOME = (
     "UPDATE messages SET state = ?, updated_at = ?, next_at = COALESCE(?, next_at), "
@@ -76,6 +75,7 @@ def message_row(
         "failure": failure,
         "fallback": json.dumps(m.fallback, separators=(",", ":")) if m.fallback else None,
         "parent_id": m.parent_id,
+        "contact_id": m.contact_id,
     }
 
 
@@ -89,19 +89,6 @@ class QueueSQL:
         if n:
             sql = sql.replace("{ids}", ", ".join("?" * n))
         return sql.replace("?", "%s") if self.pg else sql
-
-    def suppressed(self, conn: Connection, pairs: Sequence[tuple[str, str]]) -> dict[
-        tuple[str, str], str
-    ]:
-        addresses = sorted({a for _, a in pairs})
-        out: dict[tuple[str, str], str] = {}
-        for i in range(0, len(addresses), CHUNK):
-            chunk = addresses[i : i + CHUNK]
-            for ch, addr, reason, source in conn.exec_driver_sql(
-                self._sql(_SUPPRESSED, len(chunk)), tuple(chunk)
-            ):
-                out[(ch, addr)] = f"{addr} is on the {ch} suppression list ({reason}, {source})"
-        return out
 
     def claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
         now = time.time()
@@ -123,14 +110,12 @@ class QueueSQL:
         conn.exec_driver_sql(
             self._sql(_EVENT), [(r[0], now, r[7], "sending", reason, None) for r in rows]
         )
-        blocked = self.suppressed(conn, [(r[1], r[2]) for r in rows])
         return [
             Job(
                 id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
                 priority=r[5], attempts=r[6], created_at=r[8],
                 expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
-                suppressed=blocked.get((r[1], r[2])),
-                fallback=json.loads(r[12]) if r[12] else [],
+                fallback=json.loads(r[12]) if r[12] else [], contact_id=r[13],
             )
             for r in rows
         ]

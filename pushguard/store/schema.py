@@ -55,6 +55,8 @@ messages = Table(
     Column("provider_message_id", String(255)),
     Column("fallback", Text),
     Column("parent_id", String(40)),
+    #: the contact the message is for, when known (consent, caps, quiet hours, export)
+    Column("contact_id", String(40)),
     UniqueConstraint("idem_scope", "idem_key", name="uq_messages_idem"),
 )
 #: states whose messages wait for a worker; the partial index below holds only these rows, so
@@ -80,6 +82,7 @@ Index("ix_messages_lease", messages.c.lease_until, sqlite_where=SENDING,
 Index("ix_messages_cause", messages.c.last_cause, messages.c.created_at)
 Index("ix_messages_created", messages.c.created_at)
 Index("ix_messages_parent", messages.c.parent_id)
+Index("ix_messages_contact", messages.c.contact_id)
 
 attempts = Table(
     "attempts",
@@ -134,4 +137,151 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+)
+
+
+# -- audience ---------------------------------------------------------------------------------
+# Contacts, their addresses, topics, the consent ledger and what the pre-send gate needs.
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("external_id", String(255), nullable=False, unique=True),
+    Column("attributes", Text, nullable=False),
+    Column("timezone", String(64)),
+    Column("locale", String(35)),
+    #: "HH:MM-HH:MM" in the contact's timezone; overrides the topic's and the default.
+    Column("quiet_hours", String(16)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+contact_addresses = Table(
+    "contact_addresses",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("contact_id", String(40), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("address", Text, nullable=False),
+    #: device tokens: ios | android | web; environment: production | sandbox
+    Column("platform", String(16)),
+    Column("environment", String(16)),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("last_seen", Float),
+    #: active | deactivated
+    Column("status", String(16), nullable=False),
+    Column("status_reason", String(64)),
+    Column("status_evidence", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("contact_id", "channel", "address", name="uq_contact_addresses"),
+)
+Index("ix_contact_addresses_addr", contact_addresses.c.channel, contact_addresses.c.address)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    #: marketing | transactional
+    Column("kind", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    #: subscribing needs a confirmation through the channel before consent is granted
+    Column("double_opt_in", Boolean, nullable=False, default=False),
+    #: "3/1d": at most 3 messages of this topic per contact per day
+    Column("cap", String(32)),
+    Column("quiet_hours", String(16)),
+    Column("created_at", Float, nullable=False),
+)
+
+#: the append-only consent ledger: one row per change, never updated or deleted (except by
+#: erasure of the contact).
+consent_ledger = Table(
+    "consent_ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("contact_id", String(40), nullable=False),
+    Column("topic", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    #: granted | withdrawn | pending
+    Column("status", String(16), nullable=False),
+    #: form | api | import | double_opt_in | admin | unsubscribe | preferences | sms_keyword |
+    #: complaint
+    Column("source", String(32), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("ip", String(64)),
+    Column("user_agent", Text),
+    #: evidence: a confirmation id, a form id, an inbound message id...
+    Column("proof", Text),
+    Column("policy_version", String(64)),
+    Column("actor", String(64), nullable=False),
+)
+Index("ix_consent_ledger_contact", consent_ledger.c.contact_id, consent_ledger.c.id)
+
+#: the ledger's latest row per (contact, topic, channel): what the gate reads.
+consent = Table(
+    "consent",
+    metadata,
+    Column("contact_id", String(40), primary_key=True),
+    Column("topic", String(128), primary_key=True),
+    Column("channel", String(16), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("ledger_id", BigInteger, nullable=False),
+)
+
+#: pending confirmed opt-ins: the signed link carries the id.
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("contact_id", String(40), nullable=False),
+    Column("topic", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("address", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("confirmed_at", Float),
+    Column("message_id", String(40)),
+    Column("policy_version", String(64)),
+)
+Index("ix_confirmations_contact", confirmations.c.contact_id)
+
+#: sends counted against frequency caps, written when a worker lets a message through.
+contact_sends = Table(
+    "contact_sends",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("contact_id", String(40), nullable=False),
+    Column("topic", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("message_id", String(40), nullable=False),
+)
+Index("ix_contact_sends", contact_sends.c.contact_id, contact_sends.c.at)
+
+#: who changed what outside the hot path: suppressions added or removed, fixes applied,
+#: contacts erased.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+Index("ix_audit_log_subject", audit_log.c.subject)
+
+#: one row (id 1) whose counter moves on every change the gate caches: a process compares it
+#: once per batch and drops its cache when it moved.
+audience_generation = Table(
+    "audience_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )

@@ -38,6 +38,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from pushguard import taxonomy
+from pushguard.audience.gate import Gate, Item, bump, stop_failure
+from pushguard.audience.rules import AudiencePolicy
 from pushguard.exceptions import IdempotencyConflict, StoreError
 from pushguard.models import (
     Accepted,
@@ -59,6 +61,7 @@ from pushguard.store.schema import (
     SENDING,
     api_keys,
     attempts,
+    audit_log,
     events,
     messages,
     suppressions,
@@ -96,6 +99,7 @@ class SQLStore(Store):
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
         self._queue = QueueSQL(self.dialect)
+        self.gate = Gate()
         try:
             if self.dialect == "sqlite":
                 self._writer = self._sqlite_engine(immediate=True, echo=echo)
@@ -158,6 +162,10 @@ class SQLStore(Store):
             return sqlite.insert(table).on_conflict_do_nothing()
         return postgresql.insert(table).on_conflict_do_nothing()
 
+    def configure_audience(self, policy: AudiencePolicy) -> None:
+        """The defaults the pre-send gate applies (quiet hours, caps) from pushguard.toml."""
+        self.gate = Gate(policy)
+
     def close(self) -> None:
         self._writer.dispose()
         if self._reader is not self._writer:
@@ -203,7 +211,11 @@ class SQLStore(Store):
         results: list[Accepted | IdempotencyConflict | None] = [None] * len(items)
         with self._write() as conn:
             seen = self._existing_keys(conn, scope, [m.idempotency_key for m in items])
-            blocked = self._queue.suppressed(conn, [(m.channel, m.to) for m in items])
+            fresh = [m for m in items
+                     if m.idempotency_key is None or m.idempotency_key not in seen]
+            gated = [Item(m.id, m.channel, m.to, m.topic, m.contact_id) for m in fresh]
+            self.gate.check(conn, gated, now, sending=False)
+            stops = {g.id: g for g in gated}
             rows: list[dict[str, Any]] = []
             evs: list[dict[str, Any]] = []
             for i, m in enumerate(items):
@@ -217,25 +229,29 @@ class SQLStore(Store):
                             else IdempotencyConflict(m.idempotency_key)
                         )
                         continue
-                why = blocked.get((m.channel, m.to))
-                state = State.SUPPRESSED if why else State.QUEUED
+                g = stops.get(m.id)
+                stop = g.stop if g is not None else None
+                if g is not None and m.contact_id is None:
+                    m.contact_id = g.contact_id
+                state = stop.state if stop else State.QUEUED
                 seen[m.idempotency_key or f"\0{i}"] = (m.id, m.request_hash, state.value)
                 failure = None
-                if why:
-                    expl, fix = taxonomy.describe(taxonomy.POLICY_SUPPRESSED, detail=why)
-                    failure = json.dumps(
-                        Failure("POLICY_SUPPRESSED", False, None, expl, fix).as_dict()
-                    )
+                if stop:
+                    failure = json.dumps(stop_failure(stop).as_dict())
                 rows.append(message_row(m, now, state, scope=scope, failure=failure))
-                if why:
-                    rows[-1]["last_cause"] = "POLICY_SUPPRESSED"
-                reason = f"accepted; suppressed: {why}" if why else (
+                if stop:
+                    rows[-1]["last_cause"] = stop.cause
+                    if stop.next_at is not None:
+                        rows[-1]["next_at"] = max(stop.next_at, rows[-1]["next_at"])
+                        rows[-1]["expires_at"] = max(rows[-1]["expires_at"],
+                                                     stop.next_at + m.ttl)
+                reason = f"accepted; {state.value} by {stop.rule}: {stop.detail}" if stop else (
                     "accepted; scheduled" if m.send_at and m.send_at > now else "accepted"
                 )
                 evs.append(
                     {"message_id": m.id, "at": now, "src": State.ACCEPTED.value,
                      "dst": state.value, "reason": reason,
-                     "cause": "POLICY_SUPPRESSED" if why else None}
+                     "cause": stop.cause if stop else None}
                 )
                 results[i] = Accepted(m.id, state)
             if rows:
@@ -273,7 +289,14 @@ class SQLStore(Store):
             return self._claim(conn, owner, limit, lease) if limit > 0 else []
 
     def _claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
-        return self._queue.claim(conn, owner, limit, lease)
+        jobs = self._queue.claim(conn, owner, limit, lease)
+        if jobs:
+            items = [Item(j.id, j.channel, j.to, j.topic, j.contact_id) for j in jobs]
+            self.gate.check(conn, items, time.time(), sending=True,
+                            lock=self.dialect == "postgresql")
+            for j, it in zip(jobs, items, strict=True):
+                j.stop, j.marketing, j.contact_id = it.stop, it.marketing, it.contact_id
+        return jobs
 
     def reap(self, limit: int = 1000) -> int:
         now = time.time()
@@ -354,6 +377,7 @@ class SQLStore(Store):
             keys = ("channel", "address", "reason", "source", "created_at")
             conn.execute(self._insert_ignore(suppressions), [dict(zip(keys, row, strict=True))
                                                               for row in sups])
+            bump(conn)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -392,7 +416,7 @@ class SQLStore(Store):
         if row.failure:
             f = json.loads(row.failure)
             failure = Failure(f["cause"], f["transient"], f.get("provider_code"),
-                              f["explanation"], f["fix"], f.get("provider"))
+                              f["explanation"], f["fix"], f.get("provider"), f.get("rule"))
         return MessageView(
             id=row.id, channel=row.channel, to=row.to_addr, content=json.loads(row.content),
             topic=row.topic, priority=row.priority, state=State(row.state),
@@ -401,7 +425,7 @@ class SQLStore(Store):
             idempotency_key=row.idem_key, last_provider=row.last_provider,
             provider_message_id=row.provider_message_id, delivered_at=row.delivered_at,
             failure=failure if row.state != State.DELIVERED.value else None,
-            parent_id=row.parent_id,
+            parent_id=row.parent_id, contact_id=row.contact_id,
             fallback=json.loads(row.fallback) if row.fallback else [],
         )
 
@@ -502,22 +526,46 @@ class SQLStore(Store):
                     "channel": channel or row.channel, "address": row.to_addr, "reason": reason,
                     "source": f"receipt for {message_id}", "created_at": now,
                 }])
+                bump(conn)
         return True
 
     # -- suppression ------------------------------------------------------------------------
 
-    def suppress(self, channel: str, address: str, reason: str, source: str) -> None:
+    def suppress(self, channel: str, address: str, reason: str, source: str,
+                 *, actor: str = "admin") -> None:
         with self._write() as conn:
-            conn.execute(self._insert_ignore(suppressions), [{
-                "channel": channel, "address": address, "reason": reason, "source": source,
-                "created_at": time.time(),
-            }])
+            self.suppress_in(conn, channel, address, reason, source, actor=actor)
 
-    def unsuppress(self, channel: str, address: str) -> bool:
+    def suppress_in(self, conn: Connection, channel: str, address: str, reason: str,
+                    source: str, *, actor: str) -> None:
+        now = time.time()
+        res = conn.execute(self._insert_ignore(suppressions), [{
+            "channel": channel, "address": address, "reason": reason, "source": source,
+            "created_at": now,
+        }])
+        if res.rowcount:
+            audit(conn, actor, "suppression.added", f"{channel}:{address}",
+                  {"reason": reason, "source": source}, now=now)
+            bump(conn)
+
+    def unsuppress(self, channel: str, address: str, *, actor: str = "admin",
+                   note: str = "") -> bool:
         with self._write() as conn:
-            res = conn.execute(delete(suppressions).where(
-                suppressions.c.channel == channel, suppressions.c.address == address))
-        return bool(res.rowcount)
+            return self.unsuppress_in(conn, channel, address, actor=actor, note=note)
+
+    def unsuppress_in(self, conn: Connection, channel: str, address: str, *, actor: str,
+                      note: str = "") -> bool:
+        prior = conn.execute(select(suppressions).where(
+            suppressions.c.channel == channel, suppressions.c.address == address)).first()
+        if prior is None:
+            return False
+        conn.execute(delete(suppressions).where(
+            suppressions.c.channel == channel, suppressions.c.address == address))
+        audit(conn, actor, "suppression.removed", f"{channel}:{address}",
+              {"reason": prior.reason, "source": prior.source,
+               "created_at": prior.created_at, "note": note})
+        bump(conn)
+        return True
 
     def suppressions(self, limit: int = 100) -> list[Suppression]:
         with self._read() as conn:
@@ -563,3 +611,12 @@ class SQLStore(Store):
                  "revoked_at": r.revoked_at}
                 for r in conn.execute(select(api_keys).order_by(api_keys.c.created_at))
             ]
+
+
+def audit(conn: Connection, actor: str, action: str, subject: str, detail: dict[str, Any],
+          *, now: float | None = None) -> None:
+    """Append one entry to the audit log, inside the caller's transaction."""
+    conn.execute(insert(audit_log).values(
+        at=now if now is not None else time.time(), actor=actor, action=action,
+        subject=subject, detail=json.dumps(detail, separators=(",", ":"), default=str)))
+

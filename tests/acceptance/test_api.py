@@ -18,6 +18,8 @@ def body(**kw: Any) -> dict[str, Any]:
 
 def test_send_then_read_back(live_api: LiveAPI) -> None:
     with live_api.client() as c:
+        r = c.post("/v1/topics", json={"name": "orders", "kind": "transactional"})
+        assert r.status_code == 201, r.text
         r = c.post("/v1/messages", json=body(topic="orders", priority="high", ttl=600))
         assert r.status_code == 202, r.text
         data = r.json()

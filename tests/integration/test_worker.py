@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from pushguard.app import App
+from pushguard.audience.models import TopicIn
 from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
 from pushguard.models import NewMessage
 from pushguard.providers.fake import FakeProvider
@@ -171,6 +172,7 @@ async def test_fallback_chain_moves_to_the_next_channel_when_a_leg_fails(
         retry=RetryConfig(base=0.01, cap=0.05),
     )
     app = App(settings=Settings(), store=store, config=config)
+    app.audience.put_topic(TopicIn(name="otp", kind="transactional"))
     (parent,) = store.enqueue([NewMessage(
         "webhook", "gone", {"e": 1}, topic="otp", priority=0, fallback=[
             {"channel": "sms", "to": "+14155550100", "content": {"text": "code 1"}},

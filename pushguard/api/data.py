@@ -1,0 +1,14 @@
+"""Bulk contact import and the data doctor over HTTP (stub: being built)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+
+if TYPE_CHECKING:
+    from pushguard.app import App
+
+
+def data_router(app: App) -> APIRouter:
+    return APIRouter()

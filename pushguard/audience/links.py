@@ -1,0 +1,114 @@
+"""Signed links in messages: confirm a subscription, unsubscribe, manage preferences.
+
+Tokens are ``itsdangerous`` timed signatures with one salt per purpose, so a token made for one
+purpose is worthless for another (GUARANTEES.md §4.6). They carry ids, never an address.
+Several keys may be configured: the first signs, every one verifies, so keys rotate without
+breaking the links already sent. Every failure reads the same to the person holding the link:
+"invalid or expired" — no way to probe which ids exist.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy.engine import make_url
+
+from pushguard.exceptions import ConfigError
+from pushguard.settings import Settings
+
+#: RFC 8058 links must keep working for at least 30 days (CAN-SPAM); we give them 400.
+UNSUBSCRIBE_MAX_AGE = 400 * 86400
+PREFERENCES_MAX_AGE = 400 * 86400
+
+SALTS = {"confirm": "pushguard.confirm-opt-in", "unsubscribe": "pushguard.unsubscribe",
+         "preferences": "pushguard.preferences"}
+
+
+class BadLink(Exception):
+    """Invalid, forged, expired or for another purpose: one answer for all."""
+
+
+class Links:
+    def __init__(self, keys: list[str], public_url: str) -> None:
+        if not keys:
+            raise ConfigError("no key to sign links with (PUSHGUARD_SECRET_KEY)")
+        # itsdangerous signs with the last key and verifies with all of them
+        self._keys = list(reversed(keys))
+        self.base = public_url.rstrip("/")
+
+    def _s(self, purpose: str) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self._keys, salt=SALTS[purpose])
+
+    def sign(self, purpose: str, payload: Any) -> str:
+        return str(self._s(purpose).dumps(payload))
+
+    def verify(self, purpose: str, token: str, max_age: int) -> Any:
+        if len(token) > 2048:
+            raise BadLink()
+        try:
+            return self._s(purpose).loads(token, max_age=max_age)
+        except (SignatureExpired, BadSignature, ValueError, TypeError) as exc:
+            raise BadLink() from exc
+
+    def confirm_url(self, confirmation_id: str) -> str:
+        return f"{self.base}/confirm/{self.sign('confirm', confirmation_id)}"
+
+    def unsubscribe_url(self, contact_id: str, topic: str, channel: str) -> str:
+        token = self.sign("unsubscribe", [contact_id, topic, channel])
+        return f"{self.base}/unsubscribe/{token}"
+
+    def preferences_url(self, contact_id: str) -> str:
+        return f"{self.base}/preferences/{self.sign('preferences', contact_id)}"
+
+
+def link_keys(settings: Settings, database_url: str | None = None) -> list[str]:
+    """The configured keys, or one kept next to a SQLite database (created once, mode 0600)."""
+    keys = [k.strip() for k in settings.secret_key.split(",") if k.strip()]
+    if keys:
+        return keys
+    raw = database_url or settings.database_url
+    url = make_url(raw.replace("postgres://", "postgresql://", 1))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        raise ConfigError("PUSHGUARD_SECRET_KEY is not set; it signs the links in messages "
+                          "and must be the same on every process")
+    path = Path(url.database + ".secret")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return [path.read_text().strip()]
+
+
+def with_unsubscribe(content: Mapping[str, Any], links: Links, contact_id: str,
+                     topic: str) -> dict[str, Any]:
+    """A marketing email's content with its unsubscribe link: the List-Unsubscribe and
+    List-Unsubscribe-Post headers (RFC 8058; the SMTP provider signs them with DKIM), and a
+    visible link in the body (Gmail and Yahoo want both). ``{{unsubscribe_url}}`` and
+    ``{{preferences_url}}`` in a body are replaced; a body without them gets a footer."""
+    unsub = links.unsubscribe_url(contact_id, topic, "email")
+    prefs = links.preferences_url(contact_id)
+    out = dict(content)
+    out["unsubscribe_url"] = unsub
+    out["topic_kind"] = "marketing"
+    for key, footer in (
+        ("text", f"\n\n--\nUnsubscribe: {unsub}\nManage preferences: {prefs}\n"),
+        ("html", f'<p style="font-size:12px;color:#666"><a href="{unsub}">Unsubscribe</a>'
+                 f' · <a href="{prefs}">Manage preferences</a></p>'),
+    ):
+        body = out.get(key)
+        if not isinstance(body, str) or not body:
+            continue
+        if "{{unsubscribe_url}}" in body or "{{preferences_url}}" in body:
+            out[key] = body.replace("{{unsubscribe_url}}", unsub).replace(
+                "{{preferences_url}}", prefs)
+        elif key == "html" and "</body>" in body:
+            out[key] = body.replace("</body>", footer + "</body>", 1)
+        else:
+            out[key] = body + footer
+    return out

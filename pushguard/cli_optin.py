@@ -1,0 +1,3 @@
+"""pushguard contacts subscribe (stub: being built)."""
+
+from __future__ import annotations
