@@ -19,21 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
 from pushguard import taxonomy
 from pushguard.audience.rules import AudiencePolicy, Cap, QuietHours, zone
 from pushguard.models import Failure
 from pushguard.states import State
-from pushguard.store.schema import (
-    audience_generation,
-    consent,
-    contact_addresses,
-    contact_sends,
-    contacts,
-    suppressions,
-    topics,
-)
+from pushguard.store.schema import audience_generation, topics
 
 CHUNK = 500
 MAX_CACHE = 200_000
@@ -179,67 +171,56 @@ class Gate:
         self.misses += len(missing)
         if not missing:
             return
-        keys: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        # by channel, so the (channel, address) primary key answers each lookup
+        keys: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
         for ch, addr in missing:
             cache[(ch, addr)] = None
-            keys[addr].append((ch, addr))
-            keys[address_hash(ch, addr)].append((ch, addr))
-        wanted = sorted(keys)
-        for i in range(0, len(wanted), CHUNK):
-            q = select(suppressions.c.channel, suppressions.c.address, suppressions.c.reason,
-                       suppressions.c.source).where(
-                suppressions.c.address.in_(wanted[i : i + CHUNK]))
-            for ch, addr, reason, source in conn.execute(q):
-                for pair in keys.get(addr, ()):
-                    if pair[0] == ch:
-                        cache[pair] = (reason, source)
+            keys[ch][addr] = keys[ch][address_hash(ch, addr)] = (ch, addr)
+        for ch, wanted in keys.items():
+            for addr, reason, source in _rows(conn, _SUPPRESSED, sorted(wanted), before=(ch,)):
+                cache[wanted[addr]] = (reason, source)
 
     def _load_holders(self, conn: Connection, pairs: set[tuple[str, str]]) -> None:
         cache = self._c.holders
         missing = [p for p in pairs if p not in cache]
         self.hits += len(pairs) - len(missing)
         self.misses += len(missing)
-        wanted = set(missing)
-        for p in missing:
-            cache[p] = []
-        addrs = sorted({a for _, a in missing})
-        for i in range(0, len(addrs), CHUNK):
-            q = select(contact_addresses.c.channel, contact_addresses.c.address,
-                       contact_addresses.c.contact_id, contact_addresses.c.status,
-                       contact_addresses.c.status_reason).where(
-                contact_addresses.c.address.in_(addrs[i : i + CHUNK]))
-            for ch, addr, cid, status, reason in conn.execute(q):
-                if (ch, addr) in wanted:
-                    cache[(ch, addr)].append(Holder(cid, status == "active", reason))
+        if not missing:
+            return
+        by_channel: dict[str, list[str]] = defaultdict(list)
+        for ch, addr in missing:
+            cache[(ch, addr)] = []
+            by_channel[ch].append(addr)
+        for ch, addrs in by_channel.items():
+            for addr, cid, status, reason in _rows(conn, _HOLDERS, sorted(addrs),
+                                                   before=(ch,)):
+                cache[(ch, addr)].append(Holder(cid, status == "active", reason))
 
     def _load_contacts(self, conn: Connection, ids: set[str]) -> None:
         cache = self._c.contacts
         missing = sorted(i for i in ids if i not in cache)
         self.hits += len(ids) - len(missing)
         self.misses += len(missing)
+        if not missing:
+            return
         for cid in missing:
             cache[cid] = None
-        for i in range(0, len(missing), CHUNK):
-            q = select(contacts.c.id, contacts.c.timezone, contacts.c.quiet_hours).where(
-                contacts.c.id.in_(missing[i : i + CHUNK]))
-            for cid, tz, qh in conn.execute(q):
-                cache[cid] = ContactRule(cid, tz, QuietHours.parse(qh) if qh else None)
+        for cid, tz, qh in _rows(conn, _CONTACTS, missing):
+            cache[cid] = ContactRule(cid, tz, QuietHours.parse(qh) if qh else None)
 
     def _load_consent(self, conn: Connection, keys: set[tuple[str, str, str]]) -> None:
         cache = self._c.consent
         missing = [k for k in keys if k not in cache]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
+        if not missing:
+            return
         for k in missing:
             cache[k] = None
-        ids = sorted({k[0] for k in missing})
-        for i in range(0, len(ids), CHUNK):
-            q = select(consent.c.contact_id, consent.c.topic, consent.c.channel,
-                       consent.c.status, consent.c.source, consent.c.at).where(
-                consent.c.contact_id.in_(ids[i : i + CHUNK]))
-            for cid, topic, ch, status, source, at in conn.execute(q):
-                if (cid, topic, ch) in cache:
-                    cache[(cid, topic, ch)] = (status, source, at)
+        for cid, topic, ch, status, source, at in _rows(conn, _CONSENT,
+                                                        sorted({k[0] for k in missing})):
+            if (cid, topic, ch) in cache:
+                cache[(cid, topic, ch)] = (status, source, at)
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -366,17 +347,11 @@ class Gate:
         longest = max([overall.seconds if overall else 0] +
                       [r.cap.seconds for r in rules.values() if r.cap])
         sent: dict[str, list[tuple[str, float]]] = defaultdict(list)
-        for i in range(0, len(ids), CHUNK):
-            chunk = ids[i : i + CHUNK]
-            if lock:  # serialise concurrent workers on the same contacts
-                conn.execute(select(contacts.c.id).where(contacts.c.id.in_(chunk))
-                             .order_by(contacts.c.id).with_for_update())
-            q = select(contact_sends.c.contact_id, contact_sends.c.topic,
-                       contact_sends.c.at).where(contact_sends.c.contact_id.in_(chunk),
-                                                 contact_sends.c.at > now - longest)
-            for cid, topic, at in conn.execute(q):
-                sent[cid].append((topic, at))
-        rows: list[dict[str, Any]] = []
+        if lock:  # serialise concurrent workers on the same contacts (PostgreSQL)
+            _rows(conn, _LOCK_CONTACTS, ids)
+        for cid, topic, at in _rows(conn, _SENDS, ids, after=(now - longest,)):
+            sent[cid].append((topic, at))
+        rows: list[tuple[str, str, float, str]] = []
         for it in capped:
             cid, topic = it.contact_id or "", it.topic or ""
             history = sent[cid]
@@ -390,13 +365,41 @@ class Gate:
                                f"frequency cap for marketing: {overall.text}")
             elif sending:
                 history.append((topic, now))
-                rows.append({"contact_id": cid, "topic": topic, "at": now,
-                             "message_id": it.id})
+                rows.append((cid, topic, now, it.id))
         if rows:
-            conn.execute(insert(contact_sends), rows)
+            conn.exec_driver_sql(_param(conn, _INSERT_SEND), rows)
 
 
 _NOT = TopicRule("", False, False, None, None)
+
+# Plain SQL, like the queue's hot path: these run once per claimed batch, and SQLAlchemy's
+# expanding IN parameters cost more than the queries themselves. ``{ids}`` becomes the
+# placeholders of one chunk; ``?`` becomes ``%s`` on PostgreSQL.
+_SUPPRESSED = ("SELECT address, reason, source FROM suppressions WHERE channel = ? AND "
+               "address IN ({ids})")
+_HOLDERS = ("SELECT address, contact_id, status, status_reason FROM contact_addresses "
+            "WHERE channel = ? AND address IN ({ids})")
+_CONTACTS = "SELECT id, timezone, quiet_hours FROM contacts WHERE id IN ({ids})"
+_CONSENT = ("SELECT contact_id, topic, channel, status, source, at FROM consent "
+            "WHERE contact_id IN ({ids})")
+_LOCK_CONTACTS = "SELECT id FROM contacts WHERE id IN ({ids}) ORDER BY id FOR UPDATE"
+_SENDS = "SELECT contact_id, topic, at FROM contact_sends WHERE contact_id IN ({ids}) AND at > ?"
+_INSERT_SEND = "INSERT INTO contact_sends (contact_id, topic, at, message_id) VALUES (?, ?, ?, ?)"
+
+
+def _param(conn: Connection, sql: str) -> str:
+    return sql.replace("?", "%s") if conn.dialect.name == "postgresql" else sql
+
+
+def _rows(conn: Connection, sql: str, values: Sequence[str], *,
+          before: tuple[Any, ...] = (), after: tuple[Any, ...] = ()) -> list[Any]:
+    """Run ``sql`` over ``values`` in chunks (``{ids}``), between ``before`` and ``after``."""
+    out: list[Any] = []
+    for i in range(0, len(values), CHUNK):
+        chunk = values[i : i + CHUNK]
+        q = _param(conn, sql.replace("{ids}", ", ".join("?" * len(chunk))))
+        out.extend(conn.exec_driver_sql(q, (*before, *chunk, *after)).all())
+    return out
 
 
 def _iso(ts: float) -> str:
