@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pushguard import taxonomy
+from pushguard.audience.gate import RULE_FIX
 from pushguard.store.base import OutcomeRow
 
 
@@ -17,7 +18,10 @@ class Summary:
     after_retry: int = 0
     failed_over: int = 0
     pending: int = 0
-    #: terminal non-delivered messages by (state, cause)
+    #: of the pending, those the gate deferred (quiet hours)
+    deferred: int = 0
+    #: terminal non-delivered messages by (state, cause); a cause the gate gave carries its
+    #: rule: ``POLICY_SUPPRESSED/frequency_cap``
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     by_provider: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
@@ -29,13 +33,16 @@ class Summary:
             ("delivered after failing over to a backup provider", self.failed_over),
             ("not delivered (see causes)", sum(self.failed.values())),
             ("still pending", self.pending),
-        ]
+        ] + ([("  of which deferred by the gate (quiet hours)", self.deferred)]
+             if self.deferred else [])
 
     def causes(self) -> list[tuple[str, str, int, str]]:
         """(state, cause, count, fix), largest first."""
         out = []
         for (state, cause), n in self.failed.most_common():
-            _, fix = taxonomy.describe(taxonomy.get(cause), provider="the provider")
+            name, _, rule = cause.partition("/")
+            _, fix = taxonomy.describe(taxonomy.get(name), provider="the provider")
+            fix = RULE_FIX.get(rule, fix)
             out.append((state, cause, n, fix))
         return out
 
@@ -60,8 +67,12 @@ def summarize(rows: list[OutcomeRow], primaries: Mapping[str, str] | None = None
                 s.first_try += 1
         elif r.state in ("failed", "dead", "expired", "suppressed"):
             cause = r.cause or "UNKNOWN"
+            if r.rule:
+                cause = f"{cause}/{r.rule}"
             s.failed[(r.state, cause)] += 1
             s.examples.setdefault(cause, r.id)
         else:
             s.pending += 1
+            if r.state == "deferred":
+                s.deferred += 1
     return s

@@ -41,6 +41,8 @@ class OutcomeRow:
     last_provider: str | None
     cause: str | None
     provider_code: str | None
+    #: the pre-send gate's rule, for messages it stopped
+    rule: str | None = None
 
 
 class Store(ABC):

@@ -491,10 +491,11 @@ class SQLStore(Store):
         rows = []
         with self._read() as conn:
             for r in conn.execute(q):
-                code = json.loads(r.failure).get("provider_code") if r.failure else None
+                f = json.loads(r.failure) if r.failure else {}
                 cause = None if r.state == State.DELIVERED.value else r.last_cause
                 rows.append(OutcomeRow(r.id, r.channel, r.state, r.attempts, r.provider,
-                                       r.last_provider, cause, code))
+                                       r.last_provider, cause, f.get("provider_code"),
+                                       f.get("rule") if cause else None))
         return rows
 
     def add_receipt(

@@ -306,3 +306,31 @@ def test_gate_time_is_the_send_time_not_a_frozen_clock() -> None:
     q = QuietHours.parse("00:00-23:59")
     now = datetime(2026, 7, 1, 12, tzinfo=UTC).timestamp()
     assert q.next_allowed(now, ZoneInfo("Pacific/Auckland")) is not None
+
+
+def test_reports_count_gate_stops_by_rule(store: SQLStore) -> None:
+    from pushguard.report import summarize
+
+    app = make_app(store, AudiencePolicy(marketing_cap=Cap.parse("1/1d")))
+    cid = contact(app, "u1", "ann@example.com", timezone="UTC")
+    consent(app, cid, "granted")
+    send(app, "who@example.com")  # no consent
+    with store._write() as conn:  # one send already counted today
+        conn.exec_driver_sql(
+            "INSERT INTO contact_sends (contact_id, topic, at, message_id) VALUES "
+            + ("(%s, %s, %s, %s)" if store.dialect == "postgresql" else "(?, ?, ?, ?)"),
+            (cid, "news", time.time(), "msg_earlier"))
+    send(app, "ann@example.com")  # capped
+    c = ContactIn.model_validate({"external_id": "u2", "timezone": "UTC",
+                                  "quiet_hours": _now_window("UTC"),
+                                  "addresses": [{"channel": "email",
+                                                 "address": "bo@example.com"}]})
+    (u2,) = app.audience.upsert([normalise_contact(c, app.guard)])
+    consent(app, u2.id, "granted")
+    send(app, "bo@example.com")  # quiet hours
+    s = summarize(store.outcomes())
+    causes = {cause: (n, fix) for _, cause, n, fix in s.causes()}
+    assert causes["NO_CONSENT/consent"][0] == 1
+    assert causes["POLICY_SUPPRESSED/frequency_cap"][0] == 1
+    assert "cap" in causes["POLICY_SUPPRESSED/frequency_cap"][1]
+    assert s.pending == 1 and s.deferred == 1
