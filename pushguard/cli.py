@@ -236,6 +236,9 @@ def send(
     if isinstance(result, IdempotencyConflict):
         raise result
     out.print(f"{result.id} {result.state.value}" + (" (replayed)" if result.replayed else ""))
+    for r in result.fanout:  # the contact's other devices
+        out.print(f"{r.id} {r.state.value}" if not isinstance(r, IdempotencyConflict)
+                  else f"error: {r}")
 
 
 @cli.command()

@@ -31,6 +31,9 @@ MAX_SEND_AHEAD = 366 * 86400
 
 
 MAX_FALLBACK_LEGS = 5
+#: channels whose contacts have several devices: a message to the contact goes to each
+PUSH_CHANNELS = frozenset({"fcm", "apns", "webpush"})
+MAX_DEVICES = 20
 
 
 class FallbackLeg(BaseModel):
@@ -165,6 +168,7 @@ class Intake:
 
         contact_id = None
         to_raw = item.to
+        devices: list[str] = []
         if item.topic is not None:
             self.topic_kind(item.topic, f("topic"))
         if item.contact is not None:
@@ -172,7 +176,11 @@ class Intake:
                 raise InputError(f("contact"), "this store keeps no contacts")
             try:
                 if to_raw is None:
-                    contact_id, to_raw = self.audience.best_address(item.contact, item.channel)
+                    contact_id, found = self.audience.active_addresses(item.contact,
+                                                                       item.channel)
+                    to_raw = found[0]
+                    if item.channel in PUSH_CHANNELS:
+                        devices = found[1:MAX_DEVICES]
                 else:
                     contact_id = self.audience.resolve(item.contact)
             except NotFound as exc:
@@ -218,6 +226,18 @@ class Intake:
         )
         if key is not None:
             msg.request_hash = request_hash(msg)
+        for i, device in enumerate(devices, start=1):
+            one = NewMessage(
+                channel=msg.channel, to=self._target(msg.channel, device, item.content, prefix,
+                                                     memo),
+                content=msg.content, topic=msg.topic, priority=msg.priority,
+                send_at=msg.send_at, ttl=msg.ttl,
+                idempotency_key=f"{key}#device{i}" if key is not None else None,
+                fallback=legs, contact_id=contact_id,
+            )
+            if key is not None:
+                one.request_hash = request_hash(one)
+            msg.fanout.append(one)
         return msg
 
     def _target(
@@ -257,7 +277,19 @@ class Intake:
     def submit(
         self, messages: Sequence[NewMessage], *, scope: str
     ) -> list[Accepted | IdempotencyConflict]:
-        return self.store.enqueue(messages, scope=scope)
+        """Commit ``messages`` and their fan-out in one transaction; one result per message,
+        its fan-out's results inside it."""
+        if not any(m.fanout for m in messages):
+            return self.store.enqueue(messages, scope=scope)
+        flat = [x for m in messages for x in (m, *m.fanout)]
+        results = iter(self.store.enqueue(flat, scope=scope))
+        out: list[Accepted | IdempotencyConflict] = []
+        for m in messages:
+            first = next(results)
+            rest = tuple(next(results) for _ in m.fanout)
+            out.append(Accepted(first.id, first.state, first.replayed, rest)
+                       if isinstance(first, Accepted) else first)
+        return out
 
 
 def _timestamp(value: datetime | None) -> float | None:

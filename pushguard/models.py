@@ -11,6 +11,7 @@ from pushguard.states import State
 
 if TYPE_CHECKING:
     from pushguard.audience.gate import Stop
+    from pushguard.exceptions import IdempotencyConflict
 
 PRIORITIES = {"high": 0, "normal": 1, "bulk": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
@@ -40,6 +41,8 @@ class NewMessage:
     parent_id: str | None = None
     #: the contact it is for, when known
     contact_id: str | None = None
+    #: the same message to the contact's other devices (fan-out), committed with this one
+    fanout: list[NewMessage] = field(default_factory=list)
     id: str = field(default_factory=new_id)
 
 
@@ -50,6 +53,8 @@ class Accepted:
     id: str
     state: State
     replayed: bool = False
+    #: the results of the message's fan-out to the contact's other devices
+    fanout: tuple[Accepted | IdempotencyConflict, ...] = ()
 
 
 @dataclass(slots=True)

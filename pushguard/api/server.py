@@ -98,6 +98,8 @@ async def _no_receive() -> Message:
 class Accepted202(BaseModel):
     id: str
     state: str
+    fanout: list[dict[str, Any]] | None = Field(
+        default=None, description="the same message to the contact's other devices")
 
 
 class BatchIn(BaseModel):
@@ -141,9 +143,15 @@ def create_api(app: App) -> FastAPI:
     store = app.store
 
     def accepted_json(result: Accepted) -> dict[str, Any]:
-        return {"id": result.id, "state": result.state.value}
+        out: dict[str, Any] = {"id": result.id, "state": result.state.value}
+        if result.fanout:
+            out["fanout"] = [
+                {"id": r.id, "state": r.state.value} if isinstance(r, Accepted)
+                else errors.describe(r)[1] for r in result.fanout]
+        return out
 
     @api.post("/v1/messages", status_code=202, response_model=Accepted202,
+              response_model_exclude_none=True,
               responses={422: {"description": "invalid field"}, 401: {}, 413: {}, 400: {}})
     def send_message(
         item: MessageIn,

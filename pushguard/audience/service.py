@@ -329,6 +329,12 @@ class Audience:
     def best_address(self, ref: str, channel: str) -> tuple[str, str]:
         """``(contact id, address)``: the active address a message to ``ref`` on ``channel``
         goes to: verified first, then the most recently seen."""
+        cid, found = self.active_addresses(ref, channel)
+        return cid, found[0]
+
+    def active_addresses(self, ref: str, channel: str) -> tuple[str, list[str]]:
+        """``(contact id, addresses)``: the contact's active addresses on ``channel``, best
+        first (verified, then most recently seen); InputError when there is none."""
         with self.store._read() as conn:
             cid = self.resolve(ref, conn)
             rows = conn.execute(select(contact_addresses).where(
@@ -337,8 +343,9 @@ class Audience:
                 contact_addresses.c.status == "active")).all()
         if not rows:
             raise InputError("contact", f"contact {ref!r} has no active {channel} address")
-        best = max(rows, key=lambda r: (bool(r.verified), r.last_seen or 0, r.created_at))
-        return cid, best.address
+        best = sorted(rows, key=lambda r: (bool(r.verified), r.last_seen or 0, r.created_at),
+                      reverse=True)
+        return cid, [r.address for r in best]
 
     def set_address_status(self, ref: str, address_id: str, status: str, reason: str,
                            evidence: str | None, *, actor: str) -> dict[str, Any]:

@@ -160,3 +160,49 @@ def test_cli_contacts_topics_consent_and_why(cli: CLI) -> None:
     erase = cli("contacts", "erase", "u1", check=False)
     assert erase.returncode == 1 and "--yes" in erase.stderr
     assert "erased" in cli("contacts", "erase", "u1", "--yes").stdout
+
+
+def test_a_push_to_a_contact_goes_to_each_of_its_devices(live_api: LiveAPI) -> None:
+    tokens = ["a" * 64, "b" * 64, "c" * 64]
+    live_api.app.config = _with_apns(live_api)
+    with live_api.client() as c:
+        c.post("/v1/topics", json={"name": "alerts", "kind": "transactional"})
+        r = c.post("/v1/contacts", json={"external_id": "p1", "addresses": [
+            {"channel": "apns", "address": t, "environment": "production"} for t in tokens]})
+        assert r.status_code == 200, r.text
+        aid = next(a["id"] for a in r.json()["addresses"] if a["address"] == tokens[2])
+        c.post(f"/v1/contacts/p1/addresses/{aid}/status",
+               json={"status": "deactivated", "reason": "unregistered"})
+        r = c.post("/v1/messages", json={
+            "channel": "apns", "contact": "p1", "topic": "alerts",
+            "content": {"title": "Sign-in", "body": "New sign-in"}},
+            headers={"Idempotency-Key": "k1"})
+        assert r.status_code == 202, r.text
+        data = r.json()
+        assert data["state"] == "queued" and len(data["fanout"]) == 1  # 2 active devices
+        sent = {c.get(f"/v1/messages/{m['id']}").json()["to"]
+                for m in [data, *data["fanout"]]}
+        assert sent == {tokens[0], tokens[1]}
+        again = c.post("/v1/messages", json={
+            "channel": "apns", "contact": "p1", "topic": "alerts",
+            "content": {"title": "Sign-in", "body": "New sign-in"}},
+            headers={"Idempotency-Key": "k1"})
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        assert again.json()["fanout"][0]["id"] == data["fanout"][0]["id"]
+        none = c.post("/v1/messages", json={"channel": "apns", "contact": "nobody",
+                                            "content": {"title": "x", "body": "y"}})
+        assert none.status_code == 422
+        assert none.json()["error"]["fields"][0]["field"] == "contact"
+
+
+def _with_apns(live_api: LiveAPI) -> Any:
+    import dataclasses
+
+    from pushguard.config import ProviderConfig
+
+    cfg = live_api.app.config
+    fake = ProviderConfig("fakepush", "fake", {})
+    cfg = dataclasses.replace(cfg, channels={**cfg.channels, "apns": ("fakepush",)},
+                              providers={**cfg.providers, "fakepush": fake})
+    live_api.app.intake.config = cfg
+    return cfg
