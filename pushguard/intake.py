@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from pushguard.addresses import CHANNELS, check_header_value, normalize_address
 from pushguard.config import Config
 from pushguard.exceptions import IdempotencyConflict, InputError, NotFound
+from pushguard.maildns import MailDomains
 from pushguard.models import PRIORITIES, Accepted, NewMessage
 from pushguard.providers.registry import provider_class
 from pushguard.settings import Settings
@@ -128,6 +129,8 @@ class Intake:
         self.guard = guard
         self.settings = settings
         self.audience = audience
+        self.mail_domains = MailDomains(settings.dns_server) if settings.email_dns_check \
+            else None
         self._topics: dict[str, str] = {}
         self._topics_at = 0.0
 
@@ -259,6 +262,8 @@ class Intake:
         address = memo.get((channel, to)) if memo is not None else None
         if address is None:
             address = normalize_address(channel, to, guard=self.guard, field=prefix + "to")
+            if channel == "email" and self.mail_domains is not None:
+                self.mail_domains.check(address, prefix + "to")
             if memo is not None:
                 memo[(channel, to)] = address
         size = len(json.dumps(content, separators=(",", ":")).encode())

@@ -49,6 +49,10 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     #: the address people reach the public pages at (links in messages point there).
     public_url: str = "http://127.0.0.1:8000"
+    #: ask DNS at intake whether an email address's domain accepts mail (MX / null MX)
+    email_dns_check: bool = False
+    #: ``host[:port]`` of the DNS server for that check; empty: the system's resolver
+    dns_server: str = ""
     default_ttl: int = 86400
     max_ttl: int = 30 * 86400
     #: ``relaxed``: a worker's bookkeeping commits survive a crash of the process but not a
@@ -85,6 +89,13 @@ class Settings:
 
 def _coerce(name: str, type_: Any, raw: str) -> Any:
     kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", "str")
+    if kind == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"expected true or false, got {raw!r}",
+                          location=PREFIX + name.upper())
     try:
         if kind == "int":
             return int(raw)
