@@ -5,6 +5,11 @@ outage window, receivers answer with 5xx, timeouts, resets and 429 + Retry-After
 endpoints are dead. A few thousand messages go through the real intake, the durable SQLite queue
 and the real worker; the summary shows what was delivered first time, after retries, through the
 backup gateway, and what failed with which cause and what to do about it.
+
+One message in ten is a newsletter to a contact. The pre-send gate lets through only readers who
+consented. It stops those who never did or have not confirmed yet, those who unsubscribe while
+their message waits in the queue, and sends beyond the daily cap. Each stopped message is
+recorded with the rule that stopped it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from rich.table import Table
 from pushguard import logs
 from pushguard.app import App
 from pushguard.audience.models import TopicIn
+from pushguard.audience.service import ConsentRecord, NormalContact
 from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
 from pushguard.explain import as_text, explain
 from pushguard.intake import MessageIn
@@ -69,10 +75,25 @@ def demo_config(primary: str, backup: str) -> Config:
     )
 
 
+READERS = 40
+#: reader k's consent to the newsletter: most granted, some never asked, some not confirmed,
+#: and some who unsubscribe while their newsletter waits in the queue.
+def reader_consent(k: int) -> str:
+    return ("never" if k % 10 == 3 else "pending" if k % 10 == 6
+            else "unsubscribes" if k % 10 == 9 else "granted")
+
+
 def messages(primary: str, n: int, rng: random.Random) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for i in range(n):
-        if i % 2 == 0:
+        if i % 10 == 4:
+            # newsletters: about three per reader, and the cap is two a day
+            out.append({
+                "channel": "webhook", "contact": f"reader-{i // 10 % READERS}",
+                "content": {"type": "newsletter", "issue": 42}, "topic": "news",
+                "priority": "bulk",
+            })
+        elif i % 2 == 0:
             r = rng.random()
             name = f"customer-{i % 40}"
             if r < 0.02:
@@ -121,13 +142,12 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
         store.migrate()
         app = App(settings=settings, store=store, config=demo_config(primary.http_url,
                                                                      backup.http_url))
-        for name, what in (("orders", "order updates"), ("otp", "sign-in codes")):
-            app.audience.put_topic(TopicIn(name=name, kind="transactional", description=what),
-                                   actor="demo")
+        _audience(app, primary.http_url)
         started = time.time()
         ids = _enqueue(app, messages(primary.http_url, n, random.Random(5)))
         console.print(f"Accepted {len(ids)} messages into the durable queue "
                       f"({db_url}) in {time.time() - started:.1f} s.")
+        _unsubscribe_some(app)
         # The outage clock starts with delivery, so the outage lands in the middle of it.
         primary.set_profile(GATEWAY_A_FAULTS, "sms")
         asyncio.run(_deliver(app, len(ids), console))
@@ -137,6 +157,35 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
         primary.stop()
         backup.stop()
     return 0
+
+
+def _audience(app: App, primary: str) -> None:
+    """Topics, and readers with their consent, as an app would have recorded them."""
+    for name, what in (("orders", "order updates"), ("otp", "sign-in codes")):
+        app.audience.put_topic(TopicIn(name=name, kind="transactional", description=what),
+                               actor="demo")
+    app.audience.put_topic(TopicIn(name="news", kind="marketing", description="newsletter",
+                                   cap="2/1d"), actor="demo")
+    people = [NormalContact(f"reader-{k}", None, "UTC", None, None, [{
+        "channel": "webhook", "address": f"{primary}/hooks/reader-{k}", "platform": None,
+        "environment": None, "verified": True, "last_seen": None}]) for k in range(READERS)]
+    ids = {r.external_id: r.id for r in app.audience.upsert(people, actor="demo")}
+    now = time.time()
+    app.audience.record_consent([
+        ConsentRecord(ids[f"reader-{k}"], "news", "webhook",
+                      "pending" if reader_consent(k) == "pending" else "granted",
+                      "form", now - 86400, ip="203.0.113.7", proof=f"signup form {k}",
+                      actor="demo")
+        for k in range(READERS) if reader_consent(k) != "never"])
+
+
+def _unsubscribe_some(app: App) -> None:
+    """Some readers click "unsubscribe" while their newsletter waits in the queue."""
+    now = time.time()
+    app.audience.record_consent([
+        ConsentRecord(app.audience.resolve(f"reader-{k}"), "news", "webhook", "withdrawn",
+                      "unsubscribe", now, actor="demo")
+        for k in range(READERS) if reader_consent(k) == "unsubscribes"])
 
 
 def _enqueue(app: App, raw: list[dict[str, object]]) -> list[str]:
@@ -178,6 +227,11 @@ async def _deliver(app: App, total: int, console: Console) -> None:
 def _report(app: App, console: Console, since: float, db_url: str) -> None:
     primaries = {ch: names[0] for ch, names in app.config.channels.items()}
     s = summarize(app.store.outcomes(since=since - 1), primaries)
+    for listed in app.store.list_messages(state="suppressed", cause="NO_CONSENT", limit=500):
+        view = app.store.get(listed.id)
+        if view and view.history and view.history[0].dst == "queued":  # stopped at send time
+            s.examples["withdrawn_while_queued"] = view.id
+            break
     table = Table(title=f"What happened to {s.total} messages", show_lines=False)
     table.add_column("outcome")
     table.add_column("messages", justify="right")
@@ -196,7 +250,7 @@ def _report(app: App, console: Console, since: float, db_url: str) -> None:
         console.print(causes)
     via = ", ".join(f"{name}: {n}" for name, n in s.by_provider.most_common())
     console.print(f"Delivered through: {via}")
-    for key in ("failed_over", "UNREGISTERED_TOKEN"):
+    for key in ("failed_over", "UNREGISTERED_TOKEN", "withdrawn_while_queued"):
         mid = s.examples.get(key)
         view = app.store.get(mid) if mid else None
         if view is not None:

@@ -20,6 +20,8 @@ class Summary:
     pending: int = 0
     #: of the pending, those the gate deferred (quiet hours)
     deferred: int = 0
+    #: never sent: stopped by the pre-send gate (consent, suppression, caps)
+    gated: int = 0
     #: terminal non-delivered messages by (state, cause); a cause the gate gave carries its
     #: rule: ``POLICY_SUPPRESSED/frequency_cap``
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -31,7 +33,8 @@ class Summary:
             ("delivered on the first try", self.first_try),
             ("delivered after retries", self.after_retry),
             ("delivered after failing over to a backup provider", self.failed_over),
-            ("not delivered (see causes)", sum(self.failed.values())),
+            ("not sent (stopped by the gate)", self.gated),
+            ("not delivered (see causes)", sum(self.failed.values()) - self.gated),
             ("still pending", self.pending),
         ] + ([("  of which deferred by the gate (quiet hours)", self.deferred)]
              if self.deferred else [])
@@ -69,6 +72,7 @@ def summarize(rows: list[OutcomeRow], primaries: Mapping[str, str] | None = None
             cause = r.cause or "UNKNOWN"
             if r.rule:
                 cause = f"{cause}/{r.rule}"
+                s.gated += 1
             s.failed[(r.state, cause)] += 1
             s.examples.setdefault(cause, r.id)
         else:

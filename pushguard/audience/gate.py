@@ -346,25 +346,30 @@ class Gate:
         ids = sorted({it.contact_id for it in capped if it.contact_id})
         longest = max([overall.seconds if overall else 0] +
                       [r.cap.seconds for r in rules.values() if r.cap])
-        sent: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        # (topic, at, message id) of each counted send; a message counts once however many
+        # times it is claimed (retries, pacing, open circuits)
+        sent: dict[str, list[tuple[str, float, str]]] = defaultdict(list)
         if lock:  # serialise concurrent workers on the same contacts (PostgreSQL)
             _rows(conn, _LOCK_CONTACTS, ids)
-        for cid, topic, at in _rows(conn, _SENDS, ids, after=(now - longest,)):
-            sent[cid].append((topic, at))
+        for cid, topic, at, mid in _rows(conn, _SENDS, ids, after=(now - longest,)):
+            sent[cid].append((topic, at, mid))
         rows: list[tuple[str, str, float, str]] = []
         for it in capped:
             cid, topic = it.contact_id or "", it.topic or ""
             history = sent[cid]
-            marketing_times = [at for t, at in history if rules.get(t, _NOT).marketing]
+            if any(mid == it.id for _, _, mid in history):
+                continue  # already counted when it was first let through
+            marketing_times = [at for t, at, _ in history if rules.get(t, _NOT).marketing]
             cap = rules[topic].cap
-            if cap is not None and cap.exceeded([at for t, at in history if t == topic], now):
+            if cap is not None and cap.exceeded([at for t, at, _ in history if t == topic],
+                                                now):
                 it.stop = Stop(State.SUPPRESSED, "POLICY_SUPPRESSED", "frequency_cap",
                                f"frequency cap for {topic}: {cap.text}")
             elif overall is not None and overall.exceeded(marketing_times, now):
                 it.stop = Stop(State.SUPPRESSED, "POLICY_SUPPRESSED", "frequency_cap",
                                f"frequency cap for marketing: {overall.text}")
             elif sending:
-                history.append((topic, now))
+                history.append((topic, now, it.id))
                 rows.append((cid, topic, now, it.id))
         if rows:
             conn.exec_driver_sql(_param(conn, _INSERT_SEND), rows)
@@ -383,7 +388,8 @@ _CONTACTS = "SELECT id, timezone, quiet_hours FROM contacts WHERE id IN ({ids})"
 _CONSENT = ("SELECT contact_id, topic, channel, status, source, at FROM consent "
             "WHERE contact_id IN ({ids})")
 _LOCK_CONTACTS = "SELECT id FROM contacts WHERE id IN ({ids}) ORDER BY id FOR UPDATE"
-_SENDS = "SELECT contact_id, topic, at FROM contact_sends WHERE contact_id IN ({ids}) AND at > ?"
+_SENDS = ("SELECT contact_id, topic, at, message_id FROM contact_sends "
+          "WHERE contact_id IN ({ids}) AND at > ?")
 _INSERT_SEND = "INSERT INTO contact_sends (contact_id, topic, at, message_id) VALUES (?, ?, ?, ?)"
 
 

@@ -26,5 +26,8 @@ def test_demo_accounts_for_every_message(tmp_path: Path) -> None:
     assert counts["still pending"] == 0, counts
     assert sum(counts.values()) == 400, counts
     assert counts["delivered on the first try"] > 0
+    # newsletters to readers who never consented, unsubscribed while queued, or hit the cap
+    assert counts["not sent (stopped by the gate)"] > 0
+    assert "withdrew consent to news" in out and "NO_CONSENT/consent" in out
     assert "Message msg_" in out and "What happened:" in out  # a `why` story is told
     assert (tmp_path / "demo" / "demo.db").exists()

@@ -334,3 +334,30 @@ def test_reports_count_gate_stops_by_rule(store: SQLStore) -> None:
     assert causes["POLICY_SUPPRESSED/frequency_cap"][0] == 1
     assert "cap" in causes["POLICY_SUPPRESSED/frequency_cap"][1]
     assert s.pending == 1 and s.deferred == 1
+
+
+async def test_a_retried_message_counts_once_against_the_cap(store: SQLStore) -> None:
+    app = make_app(store, AudiencePolicy(marketing_cap=Cap.parse("2/1d")))
+    app.config = Config(
+        channels={"email": ("flaky",)},
+        providers={"flaky": ProviderConfig("flaky", "fake", {"script": {
+            "ann@example.com": ["PROVIDER_OUTAGE", "PROVIDER_OUTAGE", "ok"]}})},
+        retry=RetryConfig(base=0.0, cap=0.0), audience=app.config.audience)
+    cid = contact(app, "u1", "ann@example.com")
+    consent(app, cid, "granted")
+    first = send(app, "ann@example.com")
+    pipeline = app.build_pipeline(app.build_providers())
+    for _ in range(3):  # two retries, then delivered: three claims of one message
+        with store._write() as conn:  # make a retry due now
+            conn.exec_driver_sql("UPDATE messages SET next_at = 0 WHERE state = "
+                                 "'retry_scheduled'")
+        jobs = store.claim("w", 10, 30)
+        assert [j.stop for j in jobs] == [None]
+        store.record("w", [await pipeline.process(j) for j in jobs])
+    assert store.get(first.id).state is State.DELIVERED  # type: ignore[union-attr]
+    second = send(app, "ann@example.com")
+    assert second.state is State.QUEUED  # 1 of 2 used, not 3 of 2
+    jobs = store.claim("w", 10, 30)
+    assert [j.id for j in jobs if j.stop is None] == [second.id]
+    store.record("w", [await pipeline.process(j) for j in jobs])
+    assert send(app, "ann@example.com").state is State.SUPPRESSED  # now 2 of 2
