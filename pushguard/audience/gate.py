@@ -245,12 +245,13 @@ class Gate:
         live = [it for it in items if it.stop is None and it.marketing]
         if not live:
             return
+        ids: set[str] = set()
         for it in live:
-            if it.contact_id is None:
-                holders = [h for h in self._c.holders[(it.channel, it.to)] if h.active]
-                if holders:
-                    it.contact_id = holders[0].contact_id
-        ids = {it.contact_id for it in live if it.contact_id}
+            if it.contact_id is not None:
+                ids.add(it.contact_id)
+            else:  # every active holder of the address decides (a withdrawal wins)
+                ids.update(h.contact_id for h in self._c.holders[(it.channel, it.to)]
+                           if h.active)
         self._load_contacts(conn, ids)
         keys = set()
         for it in live:

@@ -361,3 +361,19 @@ async def test_a_retried_message_counts_once_against_the_cap(store: SQLStore) ->
     assert [j.id for j in jobs if j.stop is None] == [second.id]
     store.record("w", [await pipeline.process(j) for j in jobs])
     assert send(app, "ann@example.com").state is State.SUPPRESSED  # now 2 of 2
+
+
+def test_a_shared_address_is_stopped_when_any_holder_withdrew(store: SQLStore) -> None:
+    app = make_app(store)
+    a = contact(app, "u1", "family@example.com")
+    b = contact(app, "u2", "family@example.com")
+    consent(app, a, "granted")
+    consent(app, b, "granted")
+    ok = send(app, "family@example.com")
+    assert ok.state is State.QUEUED
+    assert store.get(ok.id).contact_id in (a, b)  # type: ignore[union-attr]
+    consent(app, b, "withdrawn")
+    stopped = send(app, "family@example.com")
+    view = store.get(stopped.id)
+    assert view is not None and view.state is State.SUPPRESSED
+    assert f"contact {b} withdrew" in view.failure.explanation  # type: ignore[union-attr]
