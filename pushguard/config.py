@@ -214,7 +214,7 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
 
 
 _AUDIENCE_KEYS = {"quiet_hours", "default_timezone", "marketing_cap", "confirm_ttl",
-                  "policy_version"}
+                  "policy_version", "organisation"}
 
 
 def _audience(raw: Any, loc: str, problems: list[ConfigError]) -> AudiencePolicy:
@@ -240,8 +240,14 @@ def _audience(raw: Any, loc: str, problems: list[ConfigError]) -> AudiencePolicy
         values["confirm_ttl"] = int(_num(raw, "confirm_ttl", 2 * 86400, loc, minimum=60))
     except ConfigError as exc:
         problems.append(exc)
-    if "policy_version" in raw:
-        values["policy_version"] = str(raw["policy_version"])
+    for key in ("policy_version", "organisation"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key].strip() \
+                    or any(c in raw[key] for c in "\r\n\x00"):
+                problems.append(ConfigError("must be a one-line string",
+                                            location=f"{loc}.{key}"))
+            else:
+                values[key] = raw[key].strip()
     return AudiencePolicy(**values)
 
 

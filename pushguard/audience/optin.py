@@ -125,7 +125,8 @@ def subscribe(app: App, ref: str, body: SubscribeIn, actor: str,
     raw = {
         "channel": channel, "to": address, "contact": cid, "priority": "high",
         "ttl": max(60, min(ttl, app.settings.max_ttl)),
-        "content": confirmation_content(channel, _label(topic), body.channel, url),
+        "content": confirmation_content(channel, _label(topic), body.channel, url,
+                                        app.config.audience.organisation),
     }
     msg = app.intake.prepare(app.intake.parse(raw))  # every check before anything is written
     with app.audience.store._read() as conn:
@@ -161,11 +162,15 @@ def subscribe(app: App, ref: str, body: SubscribeIn, actor: str,
             "address": address, "expires_at": rfc3339(expires)}
 
 
-def confirmation_content(channel: str, label: str, consent_ch: str, url: str) -> dict[str, Any]:
-    """The confirmation message for one message channel: what the subscription is, the link,
-    that nothing happens without it and that consent can be withdrawn. No marketing: it is a
-    transactional message (GUARANTEES.md §2.5)."""
+def confirmation_content(channel: str, label: str, consent_ch: str, url: str,
+                         organisation: str | None = None) -> dict[str, Any]:
+    """The confirmation message for one message channel: who asks (GDPR wants the controller
+    named), what the subscription is, the link, that nothing happens without it and that
+    consent can be withdrawn. No marketing: it is a transactional message (GUARANTEES.md
+    §2.5)."""
     label = " ".join(label.split())  # a description may hold line breaks; a subject may not
+    if organisation:
+        label = f"{label} from {' '.join(organisation.split())}"
     short = label if len(label) <= 60 else label[:57] + "..."
     line = (f"Please confirm that you want to receive {label} by {_WORDS[consent_ch]}.")
     after = ("If you did not ask for this, ignore this message: you will not be subscribed. "

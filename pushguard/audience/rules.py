@@ -123,6 +123,7 @@ class AudiencePolicy:
         marketing_cap = "3/1d"          # across all marketing topics, per contact
         confirm_ttl = 172800            # seconds a confirmation link stays valid
         policy_version = "2026-01"      # recorded with every consent change
+        organisation = "Example Shop"   # who asks, named in confirmation messages
     """
 
     quiet_hours: QuietHours | None = None
@@ -130,3 +131,4 @@ class AudiencePolicy:
     marketing_cap: Cap | None = None
     confirm_ttl: int = 2 * 86400
     policy_version: str | None = None
+    organisation: str | None = None

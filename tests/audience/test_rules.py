@@ -79,3 +79,33 @@ def test_caps() -> None:
     for bad in ("0/1d", "3/0d", "3/1y", "three/1d"):
         with pytest.raises(InputError):
             Cap.parse(bad)
+
+
+def test_audience_section_of_pushguard_toml(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from pushguard import config
+    from pushguard.settings import Settings
+
+    path = Path(str(tmp_path)) / "pushguard.toml"
+    path.write_text('[audience]\nquiet_hours = "22:00-07:30"\nmarketing_cap = "3/1d"\n'
+                    'organisation = "Example Shop"\nconfirm_ttl = 3600\n')
+    got = config.load(Settings(config=str(path))).audience
+    assert str(got.quiet_hours) == "22:00-07:30" and got.marketing_cap is not None
+    assert got.marketing_cap.limit == 3 and got.organisation == "Example Shop"
+    assert got.confirm_ttl == 3600
+    path.write_text('[audience]\nquiet_hours = "late"\nmarketing_cap = "often"\n'
+                    'organisation = "a\\nb"\nbogus = 1\nconfirm_ttl = 5\n')
+    _, problems = config.check(Settings(config=str(path)))
+    where = sorted(p.location.rsplit(":", 1)[1] for p in problems
+                   if ":audience." in p.location)
+    assert where == ["audience.bogus", "audience.confirm_ttl", "audience.marketing_cap",
+                     "audience.organisation", "audience.quiet_hours"], problems
+
+
+def test_confirmation_names_the_organisation() -> None:
+    from pushguard.audience.optin import confirmation_content
+
+    got = confirmation_content("email", "the newsletter", "email", "https://x/confirm/t",
+                               "Example Shop")
+    assert "the newsletter from Example Shop" in got["text"]
