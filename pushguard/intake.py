@@ -96,6 +96,8 @@ def problem_text(err: Mapping[str, Any]) -> str:
     if kind in ("dict_type", "model_attributes_type", "model_type"):
         return "must be a JSON object"
     msg = str(err.get("msg") or "is invalid")
+    if kind == "value_error":  # our own validators' words, without pydantic's prefix
+        msg = msg.removeprefix("Value error, ")
     return msg[0].lower() + msg[1:]
 
 
