@@ -60,7 +60,8 @@ class BodyLimit:
         too_big = False
 
         async def limited() -> Message:
-            # Past the limit, end the body early; the app's answer is then replaced by a 413.
+            # Past the limit the app is told the client went away, so it never acts on a
+            # truncated body; its answer is replaced by a 413.
             nonlocal seen, too_big
             if too_big:
                 return {"type": "http.disconnect"}
@@ -69,7 +70,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     too_big = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message: Message) -> None:

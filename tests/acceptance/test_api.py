@@ -253,3 +253,19 @@ def test_fallback_legs_are_accepted_and_shown(live_api: LiveAPI) -> None:
     assert r.status_code == 202
     assert got["fallback"] == [{"channel": "webhook", "to": leg["to"]}]
     assert got["parent_id"] is None and got["fallback_id"] is None
+
+
+def test_a_streamed_body_cut_at_the_limit_is_never_acted_on(live_api: LiveAPI) -> None:
+    # a valid message, then padding past the limit: cut at the limit, the prefix would parse
+    message = json.dumps(body()).encode()
+    pad = b" " * (300 * 1024)
+
+    def chunks() -> Any:
+        yield message
+        yield pad
+
+    with live_api.client() as c:
+        r = c.post("/v1/messages", content=chunks(),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert live_api.app.store.list_messages() == []
