@@ -137,6 +137,9 @@ class Outcome:
     provider_message_id: str | None = None
     #: (channel, address, reason) to put on the suppression list.
     suppress: tuple[str, str, str] | None = None
+    #: APNs's 410 timestamp (UNIX seconds): suppress only if the token was not registered
+    #: again after it
+    unregistered_at: float | None = None
     counts_attempt: bool = True
     #: the next leg of the fallback chain, created in the same transaction as this outcome.
     fallback_leg: NewMessage | None = None

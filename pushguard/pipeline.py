@@ -52,6 +52,10 @@ _VERDICT_STATE = {
 }
 
 
+def _seconds(ms: object) -> float | None:
+    return ms / 1000.0 if isinstance(ms, int | float) and not isinstance(ms, bool) else None
+
+
 def failure_of(
     cause: taxonomy.Cause, *, provider: str | None, detail: str, code: str | None = None
 ) -> Failure:
@@ -231,6 +235,7 @@ class Pipeline:
             suppress=(job.channel, job.to, cause.name)
             if decision.verdict is Verdict.SUPPRESS
             or (decision.verdict is Verdict.SKIP and error.suppress) else None,
+            unregistered_at=_seconds(error.extra.get("unregistered_at_ms")),
         )
 
     def _fall_back(self, job: Job, outcome: Outcome) -> None:

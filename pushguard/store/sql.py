@@ -62,6 +62,7 @@ from pushguard.store.schema import (
     api_keys,
     attempts,
     audit_log,
+    contact_addresses,
     events,
     messages,
     suppressions,
@@ -365,6 +366,9 @@ class SQLStore(Store):
     def _write_outcomes(
         self, conn: Connection, owner: str, outcomes: Sequence[Outcome], now: float
     ) -> None:
+        dated = [o for o in outcomes if o.suppress is not None and o.unregistered_at]
+        if dated:
+            self._keep_reregistered(conn, dated)
         sups = self._queue.record(conn, owner, outcomes, now)
         legs = [o.fallback_leg for o in outcomes if o.fallback_leg is not None]
         if legs:
@@ -377,7 +381,31 @@ class SQLStore(Store):
             keys = ("channel", "address", "reason", "source", "created_at")
             conn.execute(self._insert_ignore(suppressions), [dict(zip(keys, row, strict=True))
                                                               for row in sups])
+            # the contacts' copies of those addresses stop being used too (fan-out, doctor)
+            conn.execute(
+                update(contact_addresses).where(
+                    contact_addresses.c.channel == bindparam("b_channel"),
+                    contact_addresses.c.address == bindparam("b_address"),
+                    contact_addresses.c.status == "active",
+                ).values(status="deactivated", status_reason=bindparam("b_reason"),
+                         status_evidence=bindparam("b_source"), updated_at=now),
+                [{"b_channel": ch, "b_address": a, "b_reason": r, "b_source": src}
+                 for ch, a, r, src, _ in sups])
             bump(conn)
+
+    def _keep_reregistered(self, conn: Connection, outcomes: Sequence[Outcome]) -> None:
+        """APNs's 410 carries the time the token was last known invalid: a token the device
+        registered again after that time is kept (Apple's rule), and the history says so."""
+        for o in outcomes:
+            assert o.suppress is not None and o.unregistered_at is not None
+            channel, address, _ = o.suppress
+            seen = conn.execute(select(func.max(contact_addresses.c.last_seen)).where(
+                contact_addresses.c.channel == channel,
+                contact_addresses.c.address == address)).scalar()
+            if seen is not None and seen > o.unregistered_at:
+                o.suppress = None
+                o.reason += (f"; token kept: registered again at {_iso(seen)}, after APNs "
+                             f"found it unregistered at {_iso(o.unregistered_at)}")
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -621,3 +649,9 @@ def audit(conn: Connection, actor: str, action: str, subject: str, detail: dict[
         at=now if now is not None else time.time(), actor=actor, action=action,
         subject=subject, detail=json.dumps(detail, separators=(",", ":"), default=str)))
 
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

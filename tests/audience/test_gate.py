@@ -377,3 +377,49 @@ def test_a_shared_address_is_stopped_when_any_holder_withdrew(store: SQLStore) -
     view = store.get(stopped.id)
     assert view is not None and view.state is State.SUPPRESSED
     assert f"contact {b} withdrew" in view.failure.explanation  # type: ignore[union-attr]
+
+
+async def test_apns_410_timestamp_rule_keeps_a_token_registered_again(store: SQLStore) -> None:
+    """Apple: stop pushing to a 410'd token unless the device registered it again after the
+    410's timestamp. A dead token is also deactivated on the contact."""
+    from pushguard import taxonomy
+    from pushguard.exceptions import DeliveryError
+    from pushguard.providers.base import Delivery, Provider, ProviderContext, Receipt
+
+    now = time.time()
+
+    class Gone(Provider):
+        async def send(self, delivery: Delivery) -> Receipt:
+            at = now - 3600 if delivery.to.startswith("a") else now + 3600
+            raise DeliveryError(taxonomy.UNREGISTERED_TOKEN, "410 Unregistered",
+                                provider_code="Unregistered", status=410,
+                                extra={"unregistered_at_ms": int(at * 1000)})
+
+    app = make_app(store)
+    fresh, dead = "a" * 64, "b" * 64
+    c = ContactIn.model_validate({"external_id": "u1", "addresses": [
+        {"channel": "apns", "address": fresh, "last_seen": now - 60},
+        {"channel": "apns", "address": dead, "last_seen": now - 60}]})
+    (u1,) = app.audience.upsert([normalise_contact(c, app.guard)])
+    ids = [r.id for r in store.enqueue(  # type: ignore[union-attr]
+        [NewMessage("apns", t, {"title": "t", "body": "b"}, contact_id=u1.id)
+         for t in (fresh, dead)], scope="t")]
+    from pushguard.config import ProviderConfig as PC
+    provider = Gone(PC("gone", "fake", {}), ProviderContext(app.settings, app.guard))
+    from pushguard.pipeline import Pipeline
+    from pushguard.retry import RetryPolicy
+    from pushguard.routing import Router
+
+    pipeline = Pipeline(Router({"apns": [provider]}, app.config.breaker), RetryPolicy())
+    jobs = store.claim("w", 10, 30)
+    store.record("w", [await pipeline.process(j) for j in jobs])
+    kept, gone = (store.get(i) for i in ids)
+    assert kept is not None and gone is not None
+    assert kept.state is State.FAILED and gone.state is State.FAILED
+    assert "token kept: registered again" in kept.history[-1].reason
+    supp = {s.address for s in store.suppressions()}
+    assert supp == {dead}
+    status = {a["address"]: a for a in app.audience.contact(u1.id)["addresses"]}
+    assert status[fresh]["status"] == "active"
+    assert status[dead]["status"] == "deactivated"
+    assert status[dead]["status_reason"] == "UNREGISTERED_TOKEN"
