@@ -52,6 +52,18 @@ _VERDICT_STATE = {
 }
 
 
+def _scope_key(scope: str | None, job: Job) -> str | None:
+    """What a scoped rate limit is about for this message: its device or recipient, its
+    recipient's mail domain, or its topic."""
+    if scope in ("device", "recipient"):
+        return job.to
+    if scope == "domain":
+        return job.to.rpartition("@")[2].lower() if "@" in job.to else None
+    if scope == "topic":
+        return job.topic
+    return None
+
+
 def _seconds(ms: object) -> float | None:
     return ms / 1000.0 if isinstance(ms, int | float) and not isinstance(ms, bool) else None
 
@@ -79,6 +91,9 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.log = log or structlog.get_logger("pushguard.pipeline")
         self._buckets: dict[str, TokenBucket] = {}
+        #: (provider, scope, key) -> time before which that scope must not be sent to: a 429
+        #: about one device, recipient, domain or topic slows down only that.
+        self._scoped: dict[tuple[str, str, str], float] = {}
         #: prometheus label lookups cost a lock and a dict per call: keep the hot children.
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -130,6 +145,16 @@ class Pipeline:
                 next_at=now + wait, avoid_provider=job.avoid_provider,
             )
         provider, breaker = chosen
+        held = self._scoped_wait(provider.name, job, now)
+        if held is not None:
+            breaker.release()
+            (scope, key), until = held
+            return Outcome(
+                job.id, State.RETRY_SCHEDULED,
+                f"paced: {provider.name} rate-limited {scope} {key} until "
+                f"{time.strftime('%H:%M:%S', time.gmtime(until))}Z",
+                next_at=until, avoid_provider=job.avoid_provider,
+            )
         paced = await self._pace(provider)
         if paced:
             breaker.release()
@@ -166,6 +191,27 @@ class Pipeline:
         self._latency(provider.name).observe(latency)
         return self._failed(job, delivery, provider, breaker, error, now, latency)
 
+    def _scoped_wait(self, provider: str, job: Job, now: float
+                     ) -> tuple[tuple[str, str], float] | None:
+        """The (scope, key) and end of a rate limit that holds this message back, if any."""
+        if not self._scoped:
+            return None
+        for scope in RECIPIENT_SCOPES:
+            key = _scope_key(scope, job)
+            until = self._scoped.get((provider, scope, key)) if key else None
+            if until is not None:
+                if until > now:
+                    return (scope, key or ""), until
+                del self._scoped[(provider, scope, key or "")]
+        return None
+
+    def _hold_scope(self, provider: str, scope: str, key: str, until: float) -> None:
+        if len(self._scoped) > 10_000:  # bounded: forget the holds that are over
+            now = time.time()
+            self._scoped = {k: t for k, t in self._scoped.items() if t > now}
+        k = (provider, scope, key)
+        self._scoped[k] = max(until, self._scoped.get(k, 0.0))
+
     async def _pace(self, provider: Provider) -> float:
         """Wait for the provider's token bucket when it has a ``rate``; returns 0, or how long
         the message would still have to wait when that is longer than it may wait while
@@ -196,6 +242,13 @@ class Pipeline:
             # permission), and that must not stop everyone. Broken credentials fail every
             # call, so the breaker still opens after a few in a row.
             breaker.failure()
+        elif cause is taxonomy.RATE_LIMITED and error.scope in RECIPIENT_SCOPES:
+            # not the provider's health; but the next messages to the same scope wait too
+            key = _scope_key(error.scope, job)
+            if key:
+                wait = error.retry_after if error.retry_after else cause.min_delay or 1.0
+                self._hold_scope(provider_name, error.scope, key, now + wait)
+            breaker.success()
         elif cause.trips_breaker and error.scope not in RECIPIENT_SCOPES:
             pause = error.retry_after if cause is taxonomy.RATE_LIMITED else None
             breaker.failure(pause=pause)
