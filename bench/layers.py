@@ -164,6 +164,9 @@ class MemStore:
     def reap(self, limit: int = 1000) -> int:
         return 0
 
+    def sweep_unconfirmed(self, limit: int = 500) -> int:
+        return 0
+
 
 async def _worker(hook: str, n: int, c: int, store_kind: str) -> Timed:
     import structlog

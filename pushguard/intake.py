@@ -72,13 +72,18 @@ class MessageIn(BaseModel):
         default=None, max_length=MAX_FALLBACK_LEGS,
         description="legs tried in order when the message fails for good (e.g. push -> sms)",
     )
+    confirm_within: int | None = Field(
+        default=None, ge=30, le=7 * 86400,
+        description="seconds: once the provider took the message, a receipt must confirm it "
+        "arrived within this time, or the fallback chain starts",
+    )
 
 
 def request_hash(msg: NewMessage) -> str:
     """A fingerprint of what was asked, after normalisation and without the idempotency key:
     ``+1 415 555 0100`` and ``+14155550100`` are the same request."""
     body = [msg.channel, msg.to, msg.content, msg.topic, msg.priority, msg.send_at, msg.ttl,
-            msg.fallback, msg.contact_id]
+            msg.fallback, msg.contact_id, msg.confirm_within]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -228,7 +233,10 @@ class Intake:
             idempotency_key=key,
             fallback=legs,
             contact_id=contact_id,
+            confirm_within=item.confirm_within,
         )
+        if item.confirm_within is not None and not legs:
+            raise InputError(f("confirm_within"), "needs a fallback chain to fall back to")
         if key is not None:
             msg.request_hash = request_hash(msg)
         for i, device in enumerate(devices, start=1):
@@ -238,7 +246,7 @@ class Intake:
                 content=msg.content, topic=msg.topic, priority=msg.priority,
                 send_at=msg.send_at, ttl=msg.ttl,
                 idempotency_key=f"{key}#device{i}" if key is not None else None,
-                fallback=legs, contact_id=contact_id,
+                fallback=legs, contact_id=contact_id, confirm_within=item.confirm_within,
             )
             if key is not None:
                 one.request_hash = request_hash(one)

@@ -43,7 +43,20 @@ class NewMessage:
     contact_id: str | None = None
     #: the same message to the contact's other devices (fan-out), committed with this one
     fanout: list[NewMessage] = field(default_factory=list)
+    #: once delivered, seconds a receipt has to confirm it before the fallback starts
+    confirm_within: int | None = None
     id: str = field(default_factory=new_id)
+
+
+def next_leg(parent_id: str, legs: list[dict[str, Any]], *, topic: str | None, priority: int,
+             ttl: int, contact_id: str | None) -> NewMessage:
+    """The first of ``legs`` as a new message; the rest stay its own fallback chain."""
+    leg, rest = legs[0], legs[1:]
+    return NewMessage(
+        channel=leg["channel"], to=leg["to"], content=dict(leg["content"]), topic=topic,
+        priority=priority, ttl=max(60, ttl), fallback=rest, parent_id=parent_id,
+        contact_id=contact_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +190,8 @@ class MessageView:
     failure: Failure | None
     parent_id: str | None = None
     contact_id: str | None = None
+    confirm_within: int | None = None
+    confirmed_at: float | None = None
     fallback: list[dict[str, Any]] = field(default_factory=list)
     #: the fallback leg created when this message failed, if any
     next_leg_id: str | None = None

@@ -19,7 +19,7 @@ from pushguard.audience.links import Links, with_unsubscribe
 from pushguard.circuit import Breaker
 from pushguard.exceptions import DeliveryError
 from pushguard.metrics import Metrics
-from pushguard.models import Attempt, Failure, Job, NewMessage, Outcome
+from pushguard.models import Attempt, Failure, Job, Outcome, next_leg
 from pushguard.providers.base import Delivery, Provider
 from pushguard.ratelimit import TokenBucket
 from pushguard.retry import RetryPolicy, Verdict
@@ -293,13 +293,8 @@ class Pipeline:
 
     def _fall_back(self, job: Job, outcome: Outcome) -> None:
         """Start the next leg of the chain (the seeds' "compensation when a push fails")."""
-        leg, rest = job.fallback[0], job.fallback[1:]
-        child = NewMessage(
-            channel=leg["channel"], to=leg["to"], content=dict(leg["content"]),
-            topic=job.topic, priority=job.priority,
-            ttl=max(60, int(job.expires_at - job.created_at)), fallback=rest, parent_id=job.id,
-            contact_id=job.contact_id,
-        )
+        child = next_leg(job.id, job.fallback, topic=job.topic, priority=job.priority,
+                         ttl=int(job.expires_at - job.created_at), contact_id=job.contact_id)
         outcome.fallback_leg = child
         outcome.reason += f"; falling back to {child.channel} as {child.id}"
         self.metrics.fallbacks.labels(job.channel, child.channel).inc()

@@ -38,6 +38,8 @@ def message_json(view: MessageView, *, full: bool = True) -> dict[str, Any]:
         "failure": view.failure.as_dict() if view.failure else None,
         "parent_id": view.parent_id,
         "fallback_id": view.next_leg_id,
+        "confirm_within": view.confirm_within,
+        "confirmed_at": rfc3339(view.confirmed_at),
     }
     if full:
         out["content"] = view.content

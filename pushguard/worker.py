@@ -195,6 +195,9 @@ class Worker:
                 if n:
                     self.pipeline.metrics.leases_reclaimed.inc(n)
                     self.log.warning("leases_reclaimed", count=n)
+                n = await self._db_call(self.store.sweep_unconfirmed)
+                if n:
+                    self.log.info("unconfirmed_fell_back", count=n)
             except StoreError as exc:
                 self.log.error("reap_failed", error=str(exc))
             await _sleep_or_stop(stop, interval)

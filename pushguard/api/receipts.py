@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 
 log = structlog.get_logger("pushguard.receipts")
+
+#: receipt statuses that confirm a message reached the person (closes its confirm window)
+CONFIRMED = frozenset({"delivered", "read"})
 
 
 def receipts_router(app: App) -> APIRouter:
@@ -85,7 +89,8 @@ def receipts_router(app: App) -> APIRouter:
             note += f", {receipt.cause.name})" if receipt.cause else ")"
         cause = receipt.cause.name if receipt.cause else None
         found = await run_in_threadpool(
-            app.store.add_receipt, message_id, receipt.provider_message_id, note,
+            partial(app.store.add_receipt, confirmed=receipt.status in CONFIRMED),
+            message_id, receipt.provider_message_id, note,
             cause=cause,
             suppress=("sms", cause) if receipt.suppress and cause else None,
         )
@@ -137,7 +142,8 @@ def receipts_router(app: App) -> APIRouter:
         suppress = failed and cause is not None and (
             cause.action is Action.SUPPRESS or cause is taxonomy.NO_CONSENT)
         found = await run_in_threadpool(
-            app.store.add_receipt, data["message_id"], provider, note,
+            partial(app.store.add_receipt, confirmed=status in CONFIRMED),
+            data["message_id"], provider, note,
             cause=cause.name if cause else None,
             suppress=("", cause.name) if suppress and cause else None, by_provider=True,
         )

@@ -105,14 +105,21 @@ class Store(ABC):
         """One row per message created since ``since``: how it ended and through whom."""
 
     @abstractmethod
+    def sweep_unconfirmed(self, limit: int = 500) -> int:
+        """Start the fallback of delivered messages not confirmed within their window."""
+
+    @abstractmethod
     def add_receipt(
         self, message_id: str, provider_message_id: str, note: str, *, cause: str | None = None,
         suppress: tuple[str, str] | None = None, by_provider: bool = False,
+        confirmed: bool = False,
     ) -> bool:
         """Record what a provider reported after it accepted a message (an event that does
         not change the state); optionally suppress ``(channel, reason)`` for its address
-        (an empty channel means the message's). False when no delivered message was sent under
-        that provider id (or, with ``by_provider``, through that provider)."""
+        (an empty channel means the message's). ``confirmed``: the receipt says the message
+        arrived (its confirmation window closes); a failure starts its fallback leg. False
+        when no delivered message was sent under that provider id (or, with ``by_provider``,
+        through that provider)."""
 
     @abstractmethod
     def suppress(self, channel: str, address: str, reason: str, source: str,

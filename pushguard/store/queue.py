@@ -39,7 +39,9 @@ _OUTCOME = (
     "attempts = attempts + ?, lease_owner = NULL, lease_until = NULL, "
     "last_provider = COALESCE(?, last_provider), avoid_provider = ?, "
     "last_cause = COALESCE(?, last_cause), failure = COALESCE(?, failure), delivered_at = ?, "
-    "provider_message_id = COALESCE(?, provider_message_id) "
+    "provider_message_id = COALESCE(?, provider_message_id), "
+    "confirm_by = CASE WHEN confirm_within IS NOT NULL AND ? = 1 THEN ? + confirm_within "
+    "ELSE NULL END "
     "WHERE id = ? AND lease_owner = ? AND state = 'sending'"
 )
 _ATTEMPT = (
@@ -76,6 +78,7 @@ def message_row(
         "fallback": json.dumps(m.fallback, separators=(",", ":")) if m.fallback else None,
         "parent_id": m.parent_id,
         "contact_id": m.contact_id,
+        "confirm_within": m.confirm_within,
     }
 
 
@@ -140,7 +143,7 @@ class QueueSQL:
                 o.provider, o.avoid_provider, f.cause if f else None,
                 json.dumps(f.as_dict()) if f else None,
                 now if o.state is State.DELIVERED else None, o.provider_message_id,
-                o.id, owner,
+                1 if o.state is State.DELIVERED else 0, now, o.id, owner,
             ))
             a = o.attempt
             if a is not None:

@@ -57,6 +57,11 @@ messages = Table(
     Column("parent_id", String(40)),
     #: the contact the message is for, when known (consent, caps, quiet hours, export)
     Column("contact_id", String(40)),
+    #: seconds a delivered message has to be confirmed by a receipt before its fallback
+    #: starts; confirm_by is set when it is delivered and cleared when it is confirmed
+    Column("confirm_within", Integer),
+    Column("confirm_by", Float),
+    Column("confirmed_at", Float),
     UniqueConstraint("idem_scope", "idem_key", name="uq_messages_idem"),
 )
 #: states whose messages wait for a worker; the partial index below holds only these rows, so
@@ -83,6 +88,10 @@ Index("ix_messages_cause", messages.c.last_cause, messages.c.created_at)
 Index("ix_messages_created", messages.c.created_at)
 Index("ix_messages_parent", messages.c.parent_id)
 Index("ix_messages_contact", messages.c.contact_id)
+#: only messages waiting for a confirmation, for the sweep
+_WAITING = text("confirm_by IS NOT NULL")
+Index("ix_messages_confirm", messages.c.confirm_by, sqlite_where=_WAITING,
+      postgresql_where=_WAITING)
 
 attempts = Table(
     "attempts",

@@ -51,6 +51,7 @@ from pushguard.models import (
     Outcome,
     Transition,
     new_id,
+    next_leg,
 )
 from pushguard.states import State
 from pushguard.store.base import OutcomeRow, QueueStats, Store, Suppression
@@ -454,6 +455,7 @@ class SQLStore(Store):
             provider_message_id=row.provider_message_id, delivered_at=row.delivered_at,
             failure=failure if row.state != State.DELIVERED.value else None,
             parent_id=row.parent_id, contact_id=row.contact_id,
+            confirm_within=row.confirm_within, confirmed_at=row.confirmed_at,
             fallback=json.loads(row.fallback) if row.fallback else [],
         )
 
@@ -529,6 +531,7 @@ class SQLStore(Store):
     def add_receipt(
         self, message_id: str, provider_message_id: str, note: str, *, cause: str | None = None,
         suppress: tuple[str, str] | None = None, by_provider: bool = False,
+        confirmed: bool = False,
     ) -> bool:
         now = time.time()
         # Normally the provider's own id must match what it told us when it accepted the
@@ -537,7 +540,7 @@ class SQLStore(Store):
                    else messages.c.provider_message_id == provider_message_id)
         with self._write() as conn:
             row = conn.execute(
-                select(messages.c.state, messages.c.channel, messages.c.to_addr).where(
+                select(messages).where(
                     messages.c.id == message_id, matches,
                     messages.c.state == State.DELIVERED.value,
                 )
@@ -549,6 +552,12 @@ class SQLStore(Store):
                 message_id=message_id, at=now, src=None, dst=row.state, reason=note,
                 cause=cause,
             ))
+            if confirmed and row.confirmed_at is None:
+                conn.execute(update(messages).where(messages.c.id == message_id)
+                             .values(confirmed_at=now, confirm_by=None))
+            elif cause is not None and cause != "NO_CONSENT" and row.fallback:
+                # delivered to the provider, then reported undelivered: the next leg starts
+                self._start_leg(conn, row, now, f"reported undelivered ({cause})")
             if suppress is not None:
                 channel, reason = suppress
                 conn.execute(self._insert_ignore(suppressions), [{
@@ -557,6 +566,39 @@ class SQLStore(Store):
                 }])
                 bump(conn)
         return True
+
+    def sweep_unconfirmed(self, limit: int = 500) -> int:
+        """Start the fallback leg of delivered messages whose confirmation window passed
+        without a receipt saying they arrived."""
+        now = time.time()
+        with self._write() as conn:
+            q = select(messages).where(text("confirm_by IS NOT NULL"),
+                                       messages.c.confirm_by < now,
+                                       messages.c.confirmed_at.is_(None)).limit(limit)
+            if self.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = conn.execute(q).all()
+            for row in rows:
+                self._start_leg(conn, row, now,
+                                f"not confirmed within {row.confirm_within} s")
+        return len(rows)
+
+    def _start_leg(self, conn: Connection, row: Any, now: float, why: str) -> None:
+        conn.execute(update(messages).where(messages.c.id == row.id).values(confirm_by=None))
+        legs = json.loads(row.fallback) if row.fallback else []
+        taken = conn.execute(select(messages.c.id).where(messages.c.parent_id == row.id)
+                             ).first()
+        if not legs or taken is not None:
+            return  # no leg left, or it already started
+        child = next_leg(row.id, legs, topic=row.topic, priority=row.priority,
+                         ttl=int(row.expires_at - row.created_at), contact_id=row.contact_id)
+        conn.execute(insert(messages).values(message_row(child, now, State.QUEUED)))
+        conn.execute(insert(events), [
+            {"message_id": row.id, "at": now, "src": None, "dst": row.state,
+             "reason": f"{why}: falling back to {child.channel} as {child.id}", "cause": None},
+            {"message_id": child.id, "at": now, "src": State.ACCEPTED.value,
+             "dst": State.QUEUED.value, "reason": f"fallback leg of {row.id} ({why})",
+             "cause": None}])
 
     # -- suppression ------------------------------------------------------------------------
 

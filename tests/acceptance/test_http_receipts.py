@@ -64,3 +64,34 @@ def test_signed_gateway_receipts(tmp_path: Path) -> None:
     assert any(t.src is None and "NO_SUCH_NUMBER" in t.reason for t in view.history)
     assert [(s.channel, s.address) for s in store.suppressions()] == [("sms", "+14155550101")]
     store.close()
+
+
+def test_receipts_close_the_confirm_window_or_start_the_fallback(tmp_path: Path) -> None:
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    store = SQLStore(f"sqlite:///{tmp_path}/r.db")
+    store.migrate()
+    config = Config(channels={"sms": ("gw",), "email": ("gw",)}, providers={"gw": ProviderConfig(
+        "gw", "http", {"url": "https://sms.example.com/send", "receipt_secret": secret})})
+    app = App(settings=Settings(secret_key="k"), store=store, config=config)
+    leg = [{"channel": "email", "to": "a@example.com", "content": {"subject": "s"}}]
+    ids = [r.id for r in store.enqueue(  # type: ignore[union-attr]
+        [NewMessage("sms", f"+1415555010{i}", {"text": "a"}, fallback=leg, confirm_within=60)
+         for i in range(2)], scope="t")]
+    for job in store.claim("w", 10, 30):
+        store.record("w", [Outcome(job.id, State.DELIVERED, "delivered via gw",
+                                   attempt=Attempt(1, time.time(), "gw", "delivered"),
+                                   provider="gw")])
+    with serve_api(app) as url:
+        raw, headers = signed(secret, {"message_id": ids[0], "status": "delivered"})
+        assert httpx.post(f"{url}/v1/receipts/http/gw", content=raw,
+                          headers=headers).status_code == 204
+        raw, headers = signed(secret, {"message_id": ids[1], "status": "undelivered",
+                                       "cause": "RECIPIENT_TEMPORARY"})
+        assert httpx.post(f"{url}/v1/receipts/http/gw", content=raw,
+                          headers=headers).status_code == 204
+    confirmed, undelivered = (store.get(i) for i in ids)
+    assert confirmed is not None and confirmed.confirmed_at is not None
+    assert confirmed.next_leg_id is None
+    assert undelivered is not None and undelivered.next_leg_id is not None
+    assert store.get(undelivered.next_leg_id).channel == "email"  # type: ignore[union-attr]
+    store.close()
