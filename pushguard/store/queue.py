@@ -33,6 +33,7 @@ _CLAIM = (
 _LEASE = "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, " \
     "updated_at = ? WHERE id IN ({ids})"
 _EVENT = "INSERT INTO events (message_id, at, src, dst, reason, cause) VALUES (?, ?, ?, ?, ?, ?)"
+_EARLY = "SELECT id, message_id, receipt FROM early_receipts WHERE message_id IN ({ids})"
 _HELD = "SELECT id FROM messages WHERE id IN ({ids}) AND lease_owner = ? AND state = 'sending'"
 _OUTCOME = (
     "UPDATE messages SET state = ?, updated_at = ?, next_at = COALESCE(?, next_at), "
@@ -122,6 +123,14 @@ class QueueSQL:
             )
             for r in rows
         ]
+
+    def early_receipts(self, conn: Connection, ids: Sequence[str]) -> list[Any]:
+        """Receipts that arrived before these messages' outcomes (almost always none)."""
+        out: list[Any] = []
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            out.extend(conn.exec_driver_sql(self._sql(_EARLY, len(chunk)), tuple(chunk)).all())
+        return out
 
     def held(self, conn: Connection, owner: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` this worker still holds under its lease."""

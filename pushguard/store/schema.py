@@ -127,6 +127,20 @@ events = Table(
 )
 Index("ix_events_message", events.c.message_id)
 
+#: receipts that came before their message's outcome was written (a fast provider callback
+#: racing the worker's batched commit); applied when the outcome is recorded.
+early_receipts = Table(
+    "early_receipts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("message_id", String(40), nullable=False),
+    Column("at", Float, nullable=False),
+    #: the add_receipt arguments, as JSON
+    Column("receipt", Text, nullable=False),
+)
+Index("ix_early_receipts_message", early_receipts.c.message_id)
+
 suppressions = Table(
     "suppressions",
     metadata,

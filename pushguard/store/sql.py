@@ -64,6 +64,7 @@ from pushguard.store.schema import (
     attempts,
     audit_log,
     contact_addresses,
+    early_receipts,
     events,
     messages,
     suppressions,
@@ -313,6 +314,8 @@ class SQLStore(Store):
             if self.dialect == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             rows = conn.execute(q).all()
+            # receipts held for messages that never became delivered: not kept forever
+            conn.execute(delete(early_receipts).where(early_receipts.c.at < now - 86400))
             if not rows:
                 return 0
             ups, atts, evs = [], [], []
@@ -371,6 +374,8 @@ class SQLStore(Store):
         if dated:
             self._keep_reregistered(conn, dated)
         sups = self._queue.record(conn, owner, outcomes, now)
+        self._apply_early_receipts(
+            conn, [o.id for o in outcomes if o.state is State.DELIVERED], now)
         legs = [o.fallback_leg for o in outcomes if o.fallback_leg is not None]
         if legs:
             conn.execute(insert(messages), [message_row(m, now, State.QUEUED) for m in legs])
@@ -534,38 +539,72 @@ class SQLStore(Store):
         confirmed: bool = False,
     ) -> bool:
         now = time.time()
+        args = {"provider_message_id": provider_message_id, "note": note, "cause": cause,
+                "suppress": list(suppress) if suppress else None, "by_provider": by_provider,
+                "confirmed": confirmed}
+        with self._write() as conn:
+            if self._apply_receipt(conn, message_id, args, now):
+                return True
+            # A fast provider can call back before the worker's batched commit has recorded
+            # the outcome: hold the receipt and apply it with the outcome.
+            state = conn.execute(select(messages.c.state).where(
+                messages.c.id == message_id)).scalar()
+            if state != State.SENDING.value:
+                return False
+            conn.execute(insert(early_receipts).values(
+                message_id=message_id, at=now, receipt=json.dumps(args)))
+            conn.execute(insert(events).values(
+                message_id=message_id, at=now, src=None, dst=state, cause=cause,
+                reason=f"{note} (arrived before the outcome was recorded; held)"))
+        return True
+
+    def _apply_receipt(self, conn: Connection, message_id: str, args: dict[str, Any],
+                       now: float) -> bool:
         # Normally the provider's own id must match what it told us when it accepted the
         # message; with by_provider, the sender is instead the provider that took it.
-        matches = (messages.c.last_provider == provider_message_id if by_provider
-                   else messages.c.provider_message_id == provider_message_id)
-        with self._write() as conn:
-            row = conn.execute(
-                select(messages).where(
-                    messages.c.id == message_id, matches,
-                    messages.c.state == State.DELIVERED.value,
-                )
-            ).first()
-            if row is None:
-                return False
-            # src is NULL: a receipt annotates the history, it is not a transition.
-            conn.execute(insert(events).values(
-                message_id=message_id, at=now, src=None, dst=row.state, reason=note,
-                cause=cause,
-            ))
-            if confirmed and row.confirmed_at is None:
-                conn.execute(update(messages).where(messages.c.id == message_id)
-                             .values(confirmed_at=now, confirm_by=None))
-            elif cause is not None and cause != "NO_CONSENT" and row.fallback:
-                # delivered to the provider, then reported undelivered: the next leg starts
-                self._start_leg(conn, row, now, f"reported undelivered ({cause})")
-            if suppress is not None:
-                channel, reason = suppress
-                conn.execute(self._insert_ignore(suppressions), [{
-                    "channel": channel or row.channel, "address": row.to_addr, "reason": reason,
-                    "source": f"receipt for {message_id}", "created_at": now,
-                }])
-                bump(conn)
+        pid, cause = args["provider_message_id"], args["cause"]
+        matches = (messages.c.last_provider == pid if args["by_provider"]
+                   else messages.c.provider_message_id == pid)
+        row = conn.execute(
+            select(messages).where(
+                messages.c.id == message_id, matches,
+                messages.c.state == State.DELIVERED.value,
+            )
+        ).first()
+        if row is None:
+            return False
+        # src is NULL: a receipt annotates the history, it is not a transition.
+        conn.execute(insert(events).values(
+            message_id=message_id, at=now, src=None, dst=row.state, reason=args["note"],
+            cause=cause,
+        ))
+        if args["confirmed"] and row.confirmed_at is None:
+            conn.execute(update(messages).where(messages.c.id == message_id)
+                         .values(confirmed_at=now, confirm_by=None))
+        elif cause is not None and cause != "NO_CONSENT" and row.fallback:
+            # delivered to the provider, then reported undelivered: the next leg starts
+            self._start_leg(conn, row, now, f"reported undelivered ({cause})")
+        if args["suppress"]:
+            channel, reason = args["suppress"]
+            conn.execute(self._insert_ignore(suppressions), [{
+                "channel": channel or row.channel, "address": row.to_addr, "reason": reason,
+                "source": f"receipt for {message_id}", "created_at": now,
+            }])
+            bump(conn)
         return True
+
+    def _apply_early_receipts(self, conn: Connection, ids: Sequence[str], now: float) -> None:
+        held = self._queue.early_receipts(conn, ids)
+        if not held:
+            return
+        for _, message_id, receipt in held:
+            if not self._apply_receipt(conn, message_id, json.loads(receipt), now):
+                conn.execute(insert(events).values(
+                    message_id=message_id, at=now, src=None, dst=State.DELIVERED.value,
+                    cause=None, reason="a held receipt did not match how the message was "
+                    "sent; dropped"))
+        conn.execute(delete(early_receipts).where(
+            early_receipts.c.id.in_([r[0] for r in held])))
 
     def sweep_unconfirmed(self, limit: int = 500) -> int:
         """Start the fallback leg of delivered messages whose confirmation window passed

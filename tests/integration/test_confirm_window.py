@@ -135,3 +135,42 @@ async def test_the_worker_sweeps(store: SQLStore) -> None:
     v = store.get(mid)
     assert v is not None and v.next_leg_id is not None
     assert store.get(v.next_leg_id).state is State.DELIVERED  # type: ignore[union-attr]
+
+
+async def test_a_receipt_that_beats_the_outcome_is_held_then_applied(store: SQLStore) -> None:
+    """A fast provider calls back before the worker's batched commit: the receipt waits for
+    the outcome instead of being lost."""
+    from pushguard.models import Attempt, Outcome
+
+    app = make_app(store)
+    mid = send(app)
+    (job,) = store.claim("w", 10, 30)  # in flight: the provider has it, we have no outcome
+    assert store.add_receipt(mid, "prov-1", "receipt from gw: delivered", confirmed=True)
+    assert not store.add_receipt("msg_nope", "prov-1", "x")  # unknown messages still fail
+    store.record("w", [Outcome(job.id, State.DELIVERED, "delivered via push",
+                               attempt=Attempt(1, time.time(), "push", "delivered"),
+                               provider="push", provider_message_id="prov-1")])
+    view = store.get(mid)
+    assert view is not None and view.confirmed_at is not None
+    reasons = [t.reason for t in view.history if t.src is None]
+    assert reasons == ["receipt from gw: delivered (arrived before the outcome was recorded; "
+                       "held)", "receipt from gw: delivered"]
+    with store._read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM early_receipts").scalar() == 0
+
+
+async def test_a_held_receipt_for_another_send_is_dropped(store: SQLStore) -> None:
+    from pushguard.models import Attempt, Outcome
+
+    app = make_app(store)
+    mid = send(app)
+    (job,) = store.claim("w", 10, 30)
+    assert store.add_receipt(mid, "someone-else", "forged-looking", cause="INVALID_RECIPIENT",
+                             suppress=("", "INVALID_RECIPIENT"))
+    store.record("w", [Outcome(job.id, State.DELIVERED, "delivered",
+                               attempt=Attempt(1, time.time(), "push", "delivered"),
+                               provider="push", provider_message_id="prov-1")])
+    view = store.get(mid)
+    assert view is not None and view.next_leg_id is None
+    assert "did not match" in view.history[-1].reason
+    assert store.suppressions() == []
