@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import layers, load, procs
+from bench import channels, layers, load, procs
 from bench.dbs import PostgresDB, SQLiteDB, postgres_unreachable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                     " results go to <timestamp>-whatif.json, never latest.json")
     ap.add_argument("--workers", type=int, default=1,
                     help="experiment: worker processes sharing --concurrency (whatif output)")
+    ap.add_argument("--no-channels", action="store_true",
+                    help="skip bench.channels (email, APNs, FCM, Web Push next to plain clients)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -551,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{stamp}.json").write_text(text)
     path.write_text(text)
     print(f"wrote {path}")
+    if not (args.no_channels or args.patch or args.no_sqlite or args.workers != 1):
+        log("channels: the real channels next to plain clients (python -m bench.channels)")
+        channels.main(["--out", str(args.out)] + (["--repeat", "1"] if args.quick else []))
     return 0
 
 

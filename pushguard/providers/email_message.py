@@ -12,17 +12,28 @@ Everything bound for a header is refused at intake if it carries CR, LF or NUL. 
 Message-ID is derived from the delivery's message id, so every retry of one message carries
 the same id and a receiver (or a person reading bounces) can tell it is the same message. DKIM
 signs the finished message, so the signature covers List-Unsubscribe and List-Unsubscribe-Post.
+
+The bytes are exactly those of the stdlib's :class:`~email.message.EmailMessage`
+(:func:`mime_stdlib`), written by :func:`mime` without building the message tree: every header
+line still comes from the stdlib's parser and folder and every body from its encoder, but
+composing a message that way costs about a seventh as much (0.2 ms instead of 1.5): enough to
+take a worker's email rate from 0.23 to about 0.7 of a plain SMTP client's
+(``bench/channels.py``).
 """
 
 from __future__ import annotations
 
+import functools
+import random
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from email import policy
+from email import contentmanager, policy
 from email.errors import HeaderParseError
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import formatdate, getaddresses
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,9 +59,35 @@ DEFAULT_SIGNED = (
 )  # fmt: skip
 REQUIRED_SIGNED = ("From", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post")
 
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header registry, making each header class once.
+
+    ``HeaderRegistry.__getitem__`` builds a new class with ``type()`` for every header it
+    parses, which costs more than parsing a short header and leaves a reference cycle for the
+    garbage collector each time. The classes made here are the same, so the bytes are too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        kind = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(kind)
+        if made is None:
+            made = self._made[kind] = super().__getitem__(name)
+        return made
+
+
 # refold_source="none" writes headers set with set_raw() as given: the stdlib would otherwise
 # RFC 2047-encode a long List-Unsubscribe URL, which no mailbox provider can follow.
-POLICY = policy.SMTP.clone(refold_source="none")
+POLICY = policy.SMTP.clone(refold_source="none", header_factory=_HeaderClasses())
+POLICY_UTF8 = POLICY.clone(utf8=True)
+#: set_content's choice and encoding of a text body (stdlib-private, present since 3.6), which
+#: mime() uses as is; were it gone, messages would be written by mime_stdlib() instead.
+_encode_text: Callable[..., tuple[str, str]] | None = getattr(contentmanager, "_encode_text", None)
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # how the generator splits a body into lines
 _X_HEADER = re.compile(r"X-[!-9;-~]+\Z", re.IGNORECASE)  # RFC 5322 ftext: printable, no colon
 _ATEXT_OR_DOT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
 
@@ -241,6 +278,132 @@ def ascii_domain(addr: str) -> str:
         return addr
 
 
+@functools.lru_cache(maxsize=256)
+def _sender(value: str) -> Address:
+    """The From mailbox, its domain in ASCII; parsed once per distinct value, as most messages
+    come from their provider's default sender (a refused value raises, and is not cached)."""
+    sender = parse_mailbox(value, "content.from")
+    return Address(sender.display_name, addr_spec=ascii_domain(sender.addr_spec))
+
+
+def _boundary(*parts: str) -> str:
+    """A multipart boundary in the stdlib's form that occurs in none of ``parts``.
+
+    A part encoded as quoted-printable or base64 cannot contain it either, since neither
+    writes a run of ``=``; so looking in the text before encoding is enough.
+    """
+    while True:
+        boundary = "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
+        if not any(boundary in part for part in parts):
+            return boundary
+
+
+class _Raw(str):
+    """A header value written as given (``set_raw``), never parsed or refolded."""
+
+
+Field = tuple[str, "str | Address"]
+
+
+def _fields(content: Mapping[str, Any], sender: Address, to: str, message_id: str,
+            date: str) -> list[Field]:
+    """The top-level header fields of a message, in order, before the MIME ones."""
+    fields: list[Field] = [("From", sender), ("To", to),
+                           ("Subject", str(content["subject"]).strip()), ("Date", date),
+                           ("Message-ID", message_id)]
+    if content.get("reply_to"):
+        fields.append(("Reply-To", parse_mailbox(str(content["reply_to"]), "content.reply_to")))
+    url = content.get("unsubscribe_url")
+    if url:
+        fields.append(("List-Unsubscribe", _Raw(f"<{url}>")))
+        fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    fields.extend(_custom_headers(content.get("headers")).items())
+    return fields
+
+
+def mime_stdlib(fields: list[Field], text: str | None, html: str | None, *,
+                policy: EmailPolicy[Any], boundary: str) -> bytes:
+    """The message as the stdlib's :class:`EmailMessage` writes it: the reference for
+    :func:`mime`, and what is sent when :func:`mime` cannot run on this Python."""
+    msg = EmailMessage(policy=policy)
+    for name, value in fields:
+        if isinstance(value, _Raw):
+            msg.set_raw(name, str(value))
+        else:
+            msg[name] = value
+    if text:
+        msg.set_content(text)
+        if html:
+            msg.add_alternative(html, subtype="html")
+            msg.set_boundary(boundary)
+    else:
+        msg.set_content(html, subtype="html")
+    return msg.as_bytes()
+
+
+def _line(policy: EmailPolicy[Any], name: str, value: str | Address) -> bytes:
+    """One header line exactly as :class:`BytesGenerator` writes it."""
+    if isinstance(value, _Raw):
+        return policy.fold_binary(name, str(value))
+    return policy.fold_binary(*policy.header_store_parse(name, value))
+
+
+@functools.lru_cache(maxsize=512)
+def _repeated_line(policy: EmailPolicy[Any], name: str, value: str) -> bytes:
+    return _line(policy, name, value)
+
+
+_SAMPLE_BOUNDARY = _boundary().encode("ascii")
+
+
+@functools.lru_cache(maxsize=8)
+def _multipart_line(policy: EmailPolicy[Any]) -> bytes:
+    """The folded ``multipart/alternative`` Content-Type with :data:`_SAMPLE_BOUNDARY`. Every
+    boundary :func:`_boundary` makes has the same length and characters, so it folds the same
+    way: swapping the boundary in gives the stdlib's line for it."""
+    return _line(policy, "Content-Type",
+                 f'multipart/alternative; boundary="{_SAMPLE_BOUNDARY.decode()}"')
+
+
+def _part(policy: EmailPolicy[Any], text: str, subtype: str, *, top: bool) -> tuple[bytes, bytes]:
+    """The header lines and the body of one text part, as ``set_content`` makes them."""
+    assert _encode_text is not None
+    cte, payload = _encode_text(text, "utf-8", None, policy)
+    head = (_repeated_line(policy, "Content-Type", f'text/{subtype}; charset="utf-8"')
+            + _repeated_line(policy, "Content-Transfer-Encoding", cte))
+    if not top:  # set_content gives every part it fills a MIME-Version of its own
+        head += _repeated_line(policy, "MIME-Version", "1.0")
+    body = policy.linesep.join(_NEWLINE.split(payload)).encode("ascii", "surrogateescape")
+    return head, body
+
+
+def mime(fields: list[Field], text: str | None, html: str | None, *, policy: EmailPolicy[Any],
+         boundary: str) -> bytes:
+    """:func:`mime_stdlib`'s bytes, written directly (tests hold the two to the same bytes).
+
+    Every header line still comes from the stdlib's own parsing and folding, and every body
+    from its own encoder (``set_content``'s choice of 7bit, 8bit, quoted-printable or base64);
+    only the message tree is skipped (``set_content`` and ``add_alternative`` parse each MIME
+    header several times over), and lines that repeat from message to message (the sender, the
+    date, the MIME headers) are folded once.
+    """
+    nl = policy.linesep.encode("ascii")
+    out = [_repeated_line(policy, name, str(value)) if name in ("From", "Date")
+           else _line(policy, name, value) for name, value in fields]
+    if text and html:
+        first, second = _part(policy, text, "plain", top=True), _part(
+            policy, html, "html", top=False)
+        sep = b"--" + boundary.encode("ascii")
+        out += [_repeated_line(policy, "MIME-Version", "1.0"),
+                _multipart_line(policy).replace(_SAMPLE_BOUNDARY, boundary.encode("ascii")),
+                nl, sep, nl, first[0], nl, first[1], nl, sep, nl, second[0], nl, second[1],
+                nl, sep, b"--", nl]
+    else:
+        head, body = _part(policy, str(text or html), "plain" if text else "html", top=True)
+        out += [head, _repeated_line(policy, "MIME-Version", "1.0"), nl, body]
+    return b"".join(out)
+
+
 def build(
     to: str,
     content: Mapping[str, Any],
@@ -252,34 +415,20 @@ def build(
 ) -> Outgoing:
     """The message for one delivery; raises ``InputError`` for content that cannot be built."""
     validate_content(content)  # again: content may reach a worker by a path that skipped intake
-    sender = parse_mailbox(str(content.get("from") or default_from), "content.from")
-    sender = Address(sender.display_name, addr_spec=ascii_domain(sender.addr_spec))
+    sender = _sender(str(content.get("from") or default_from))
     to = ascii_domain(to)
     # Only a non-ASCII local part needs SMTPUTF8; IDN domains travel as punycode.
     smtputf8 = not (to.isascii() and sender.addr_spec.isascii())
-    msg = EmailMessage(policy=POLICY.clone(utf8=True) if smtputf8 else POLICY)
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = str(content["subject"]).strip()
-    msg["Date"] = formatdate(usegmt=True)
     mid = message_id_for(message_id, sender.domain)
-    msg["Message-ID"] = mid
-    if content.get("reply_to"):
-        msg["Reply-To"] = parse_mailbox(str(content["reply_to"]), "content.reply_to")
-    url = content.get("unsubscribe_url")
-    if url:
-        msg.set_raw("List-Unsubscribe", f"<{url}>")
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    for name, value in _custom_headers(content.get("headers")).items():
-        msg[name] = value
-    text, html = content.get("text"), content.get("html")
-    if text:
-        msg.set_content(str(text))
-        if html:
-            msg.add_alternative(str(html), subtype="html")
-    else:
-        msg.set_content(str(html), subtype="html")
-    data = msg.as_bytes()
+    fields = _fields(content, sender, to, mid, formatdate(usegmt=True))
+    text, html = content.get("text") or None, content.get("html") or None
+    # Chosen here rather than by the generator, which compiles a new regular expression for
+    # every boundary it makes (and so empties re's cache each time).
+    boundary = _boundary(str(text), str(html)) if text and html else ""
+    write = mime if _encode_text is not None else mime_stdlib
+    data = write(fields, None if text is None else str(text),
+                 None if html is None else str(html),
+                 policy=POLICY_UTF8 if smtputf8 else POLICY, boundary=boundary)
     if signer is not None:
         data = signer.sign(data)
     return Outgoing(data, envelope_from or sender.addr_spec, to, mid, smtputf8)
