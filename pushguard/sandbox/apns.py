@@ -359,7 +359,9 @@ class _ApnsConnection(asyncio.Protocol):
         self._flush()
 
     def _send_pending(self, stream_id: int) -> None:
-        data = self.pending.pop(stream_id, b"")
+        if stream_id not in self.pending:
+            return  # a window update for a stream whose answer has not started
+        data = self.pending.pop(stream_id)
         try:
             while data:
                 window = self.conn.local_flow_control_window(stream_id)

@@ -266,3 +266,24 @@ async def test_tls_with_alpn(tmp_path: Path) -> None:
             assert (await client.post("/3/device/t", apns_headers(), PAYLOAD))[0] == 200
         finally:
             await client.close()
+
+
+async def test_a_window_update_before_the_request_ends_does_not_end_the_answer(
+    client: H2Client,
+) -> None:
+    """httpx's HTTP/2 client opens the receive window of a stream while it is still sending;
+    the fake once answered that with an empty DATA frame that ended the stream."""
+    conn = client.conn
+    stream_id = conn.get_next_available_stream_id()
+    request = [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+               (":path", "/3/device/abc123"), *apns_headers().items()]
+    future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    client.waiting[stream_id] = future
+    conn.send_headers(stream_id, request)
+    conn.increment_flow_control_window(1 << 20, stream_id)
+    client._flush()
+    await asyncio.sleep(0.05)  # the server sees the window update before the body
+    conn.send_data(stream_id, PAYLOAD, end_stream=True)
+    client._flush()
+    status, headers, _ = await asyncio.wait_for(future, 5)
+    assert status == 200 and headers["apns-id"]
