@@ -175,10 +175,15 @@ class Pipeline:
         else:
             latency = time.perf_counter() - started
             breaker.success()
+            self.router.observe(provider.name, True, latency)
             self._latency(provider.name).observe(latency)
             via = f" via {provider.name}"
             if job.avoid_provider and job.avoid_provider != provider.name:
                 via += f" (failed over from {job.avoid_provider})"
+            elif provider is not self.router.providers(job.channel)[0]:
+                skipped = self.router.passed_over(delivery, provider)
+                if skipped:
+                    via += f" (passed over {'; '.join(skipped)})"
             return Outcome(
                 job.id, State.DELIVERED, f"delivered{via}",
                 attempt=Attempt(
@@ -189,6 +194,9 @@ class Pipeline:
             )
         latency = time.perf_counter() - started
         self._latency(provider.name).observe(latency)
+        about_provider = error.cause.action is Action.HOLD or (
+            error.cause.trips_breaker and error.scope not in RECIPIENT_SCOPES)
+        self.router.observe(provider.name, not about_provider, latency)
         return self._failed(job, delivery, provider, breaker, error, now, latency)
 
     def _scoped_wait(self, provider: str, job: Job, now: float
