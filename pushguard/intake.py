@@ -199,6 +199,8 @@ class Intake:
                 raise InputError(f("contact"), exc.problem) from exc
         if to_raw is None:
             raise InputError(f("to"), "is required (or name a contact)")
+        if contact_id is not None and item.to is not None:
+            to_raw = self._held_by(contact_id, item.channel, to_raw, f("to"), memo)
         to = self._target(item.channel, to_raw, item.content, prefix, memo)
         key = item.idempotency_key
         if header_key is not None:
@@ -252,6 +254,20 @@ class Intake:
                 one.request_hash = request_hash(one)
             msg.fanout.append(one)
         return msg
+
+    def _held_by(self, contact_id: str, channel: str, to: str, field: str,
+                 memo: dict[tuple[str, str], str] | None) -> str:
+        """A message naming a contact and an address: the address must be one of the
+        contact's active ones, or the contact's consent would stand in for its holder's."""
+        assert self.audience is not None
+        address = normalize_address(channel, to, guard=self.guard, field=field)
+        if memo is not None:
+            memo[(channel, to)] = address
+        _, held = self.audience.active_addresses(contact_id, channel)
+        if address not in held:
+            raise InputError(field, f"is not an active {channel} address of that contact; "
+                             "leave out 'to' to use the contact's own address")
+        return address
 
     def _target(
         self, channel: str, to: str, content: dict[str, Any], prefix: str,

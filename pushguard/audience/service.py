@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
 from pushguard.addresses import normalize_address
 from pushguard.audience.gate import address_hash, bump, consent_channel
@@ -24,6 +24,7 @@ from pushguard.exceptions import InputError, NotFound
 from pushguard.models import new_id
 from pushguard.ssrf import OutboundGuard
 from pushguard.store.schema import (
+    attempts,
     audit_log,
     confirmations,
     consent,
@@ -31,6 +32,7 @@ from pushguard.store.schema import (
     contact_addresses,
     contact_sends,
     contacts,
+    events,
     messages,
     suppressions,
     topics,
@@ -463,15 +465,32 @@ class Audience:
                 conn.execute(delete(suppressions).where(or_(*[
                     and_(suppressions.c.channel == ch, suppressions.c.address == a)
                     for ch, a in addrs])))
-            # messages keep their state and history for the counts, not the person
+            # messages keep their state and history for the counts, not the person: the
+            # address becomes its hash wherever a text quotes it, contents and pending legs go
             conds = [messages.c.contact_id == cid] + [
                 and_(messages.c.channel == ch, messages.c.to_addr == a) for ch, a in addrs]
+            ids = list(conn.execute(select(messages.c.id).where(or_(*conds))).scalars())
             for ch, a in addrs:
+                h = address_hash(ch, a)
                 conn.execute(update(messages).where(messages.c.channel == ch,
                                                     messages.c.to_addr == a)
-                             .values(to_addr=address_hash(ch, a), content="{}"))
-            conn.execute(update(messages).where(or_(*conds)).values(
-                contact_id=None, content="{}"))
+                             .values(to_addr=h))
+                for i in range(0, len(ids), CHUNK):
+                    chunk = ids[i : i + CHUNK]
+                    conn.execute(update(messages).where(messages.c.id.in_(chunk)).values(
+                        failure=func.replace(messages.c.failure, a, h)))
+                    conn.execute(update(events).where(events.c.message_id.in_(chunk)).values(
+                        reason=func.replace(events.c.reason, a, h)))
+                    conn.execute(update(attempts).where(attempts.c.message_id.in_(chunk))
+                                 .values(detail=func.replace(attempts.c.detail, a, h),
+                                         raw=func.replace(attempts.c.raw, a, h)))
+                conn.execute(update(audit_log).where(audit_log.c.subject == f"{ch}:{a}")
+                             .values(subject=f"{ch}:{h}",
+                                     detail=func.replace(audit_log.c.detail, a, h)))
+            for i in range(0, len(ids), CHUNK):
+                conn.execute(update(messages).where(messages.c.id.in_(ids[i : i + CHUNK]))
+                             .values(contact_id=None, content="{}", fallback=None,
+                                     confirm_by=None))
             for table, col in ((contact_addresses, contact_addresses.c.contact_id),
                                (consent, consent.c.contact_id),
                                (consent_ledger, consent_ledger.c.contact_id),

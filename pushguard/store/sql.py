@@ -546,9 +546,16 @@ class SQLStore(Store):
             if self._apply_receipt(conn, message_id, args, now):
                 return True
             # A fast provider can call back before the worker's batched commit has recorded
-            # the outcome: hold the receipt and apply it with the outcome.
-            state = conn.execute(select(messages.c.state).where(
-                messages.c.id == message_id)).scalar()
+            # the outcome: hold the receipt and apply it with the outcome. The row lock waits
+            # for a worker's open transaction, so we never hold a receipt for an outcome that
+            # is committing right now (it would never see it).
+            q = select(messages.c.state).where(messages.c.id == message_id)
+            if self.dialect == "postgresql":
+                q = q.with_for_update()
+            state = conn.execute(q).scalar()
+            if state == State.DELIVERED.value and self._apply_receipt(conn, message_id, args,
+                                                                      now):
+                return True
             if state != State.SENDING.value:
                 return False
             conn.execute(insert(early_receipts).values(

@@ -136,14 +136,21 @@ def test_erased_contact_stays_suppressed_by_hash(store: SQLStore) -> None:
     app = make_app(store)
     cid = contact(app, "u1", "ann@example.com")
     consent(app, cid, "granted")
-    sent = send(app, "ann@example.com")
+    sent = send(app, "ann@example.com", fallback=[
+        {"channel": "sms", "to": "+14155550100", "content": {"text": "hi ann@example.com"}}])
+    store.suppress("email", "ann@example.com", "manual", "asked by phone", actor="test")
+    stopped = send(app, "ann@example.com", topic="receipts")  # its reason quotes the address
+    assert stopped.state is State.SUPPRESSED
+    store.unsuppress("email", "ann@example.com", actor="test", note="mistake")
     app.audience.erase(cid, actor="test")
-    # nothing readable is left: no contact, no address in suppressions or messages
+    # nothing readable is left: no contact, no address anywhere, not even in free text
     with store._read() as conn:
         dump = " ".join(str(r) for t in ("contacts", "contact_addresses", "suppressions",
-                                         "messages", "consent_ledger")
+                                         "messages", "consent_ledger", "events", "attempts",
+                                         "audit_log", "confirmations")
                         for r in conn.exec_driver_sql(f"SELECT * FROM {t}"))
     assert "ann@example.com" not in dump and "sha256:" in dump
+    assert "+14155550100" not in dump  # the pending fallback leg is gone too
     assert store.get(sent.id).to.startswith("sha256:")  # type: ignore[union-attr]
     again = send(app, "ann@example.com", topic="receipts")
     assert again.state is State.SUPPRESSED
@@ -423,3 +430,20 @@ async def test_apns_410_timestamp_rule_keeps_a_token_registered_again(store: SQL
     assert status[fresh]["status"] == "active"
     assert status[dead]["status"] == "deactivated"
     assert status[dead]["status_reason"] == "UNREGISTERED_TOKEN"
+
+
+def test_naming_a_contact_does_not_borrow_its_consent_for_another_address(
+    store: SQLStore,
+) -> None:
+    from pushguard.exceptions import InputError
+
+    app = make_app(store)
+    alice = contact(app, "alice", "alice@example.com")
+    consent(app, alice, "granted")
+    raw = {"channel": "email", "to": "bob@example.com", "contact": "alice", "topic": "news",
+           "content": EMAIL}
+    with pytest.raises(InputError) as err:
+        app.intake.prepare(app.intake.parse(raw))
+    assert err.value.field == "to" and "not an active email address" in err.value.problem
+    ok = app.intake.prepare(app.intake.parse({**raw, "to": "Alice@EXAMPLE.com".lower()}))
+    assert ok.contact_id == alice
