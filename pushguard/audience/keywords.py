@@ -17,11 +17,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from pushguard.audience.gate import address_hash
 from pushguard.audience.service import ConsentRecord
-from pushguard.store.schema import audit_log, consent, contact_addresses, suppressions
+from pushguard.store.schema import (
+    audit_log,
+    confirmations,
+    consent,
+    contact_addresses,
+    suppressions,
+)
 from pushguard.store.sql import audit
 
 if TYPE_CHECKING:
@@ -76,8 +82,15 @@ def handle_sms(app: App, phone: str, body: str, message_id: str,
             app.audience.store.suppress_in(conn, "sms", phone, "unsubscribe",
                                            f"inbound STOP ({message_id})", actor=actor)
             changed = before is None
-            rows = _consents(conn, holders, status="granted")
+            # pending ones too: a STOP beats a confirmation link still in someone's inbox
+            rows = (_consents(conn, holders, status="granted")
+                    + _consents(conn, holders, status="pending"))
             new = "withdrawn"
+            for cid, topic, _, _ in rows:
+                conn.execute(update(confirmations).where(
+                    confirmations.c.contact_id == cid, confirmations.c.topic == topic,
+                    confirmations.c.channel == "sms", confirmations.c.confirmed_at.is_(None),
+                    confirmations.c.expires_at > now).values(expires_at=now))
         else:
             reason = _suppressed(conn, phone)
             changed = reason in LIFTED_BY_START and app.audience.store.unsuppress_in(
@@ -85,6 +98,20 @@ def handle_sms(app: App, phone: str, body: str, message_id: str,
             rows = [r for r in _consents(conn, holders, status="withdrawn")
                     if r[3] == SOURCE]
             new = "granted"
+            # a provider's opt-out report (e.g. Twilio 21610) also deactivated the number
+            # on its contacts: START brings it back, audited
+            if changed:
+                revived = conn.execute(update(contact_addresses).where(
+                    contact_addresses.c.channel == "sms",
+                    contact_addresses.c.address == phone,
+                    contact_addresses.c.status == "deactivated",
+                    contact_addresses.c.status_reason.in_(sorted(LIFTED_BY_START)),
+                ).values(status="active", status_reason=None, status_evidence=None,
+                         updated_at=now)).rowcount
+                if revived:
+                    audit(conn, actor, "address.active", subject,
+                          {"address": address_hash("sms", phone), "addresses": revived,
+                           "keyword": word}, now=now)
         version = app.config.audience.policy_version
         app.audience.record_consent([ConsentRecord(
             cid, topic, "sms", new, SOURCE, now, None, None, message_id, version, actor)

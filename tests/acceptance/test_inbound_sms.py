@@ -188,3 +188,32 @@ def test_keywords_match_whole_trimmed_text_in_any_case(body: str) -> None:
     assert keyword_of(f"  {body.lower()}\n") == body
     assert keyword_of(body.title()) == body
     assert keyword_of(f"{body} now") == ""
+
+
+def test_stop_also_voids_a_pending_confirmation(w: World) -> None:
+    w.topic("vip", double_opt_in=True)
+    r = w.http.post("/v1/contacts/alice/subscriptions", json={"topic": "vip", "channel": "sms"})
+    assert r.status_code == 202, r.text
+    cid = r.json()["confirmation_id"]
+    assert w.status("alice", "vip", "sms") == "pending"
+    assert_twiml(w.inbound("STOP", "SM0101"))
+    assert w.status("alice", "vip", "sms") == "withdrawn"
+    link = w.app.links.confirm_url(cid)
+    page = w.http.post(link.replace(w.app.settings.public_url, ""))
+    assert page.status_code == 400  # the link died with the STOP
+    assert w.status("alice", "vip", "sms") == "withdrawn"
+
+
+def test_start_reactivates_a_number_a_provider_reported_opted_out(w: World) -> None:
+    # Twilio 21610 on a send: the number is suppressed (NO_CONSENT) and deactivated
+    contact = w.http.get("/v1/contacts/alice").json()
+    (sms,) = [a for a in contact["addresses"] if a["channel"] == "sms"]
+    w.app.store.suppress("sms", PHONE, "NO_CONSENT", "message msg_x (21610)")
+    r = w.http.post(f"/v1/contacts/alice/addresses/{sms['id']}/status",
+                    json={"status": "deactivated", "reason": "NO_CONSENT"})
+    assert r.status_code == 200
+    assert_twiml(w.inbound("START", "SM0102"))
+    contact = w.http.get("/v1/contacts/alice").json()
+    (sms,) = [a for a in contact["addresses"] if a["channel"] == "sms"]
+    assert sms["status"] == "active" and suppressions(w) == []
+    assert w.send("alice", "sms", "news")["state"] == "queued"
