@@ -46,7 +46,7 @@ def inbound_router(app: App) -> APIRouter:
                     tokens.setdefault(p.account_sid, []).extend(p.callback_tokens)
         found = tokens.get(account_sid)
         if not found:
-            raise AuthError("no twilio provider is configured for this account")
+            raise AuthError(f"{SIGNATURE_HEADER} does not match")  # no account oracle
         return found
 
     @router.post(PATH, tags=["inbound"], responses={

@@ -57,10 +57,22 @@ def detect(head: bytes, encoding: str | None) -> tuple[str, str]:
             return codec, label
     if encoding is not None:
         try:
-            name = codecs.lookup(encoding).name
+            info = codecs.lookup(encoding)
         except LookupError:
             raise InputError("encoding", f"unknown encoding {encoding!r} (try utf-8, "
                              "utf-16, latin-1 or cp1252)") from None
+        name = info.name
+        if not getattr(info, "_is_text_encoding", True):
+            raise InputError("encoding", f"{encoding!r} is not a text encoding (try utf-8, "
+                             "utf-16-le, latin-1 or cp1252)")
+        try:  # a codec that cannot read this file at all, or not with our error marks
+            codecs.getincrementaldecoder(name)(errors=MARK).decode(head[:4096])
+        except UnicodeError as exc:
+            raise InputError("encoding", f"cannot read the file as {encoding!r}: {exc} (for "
+                             "UTF-16 without a byte-order mark say utf-16-le or "
+                             "utf-16-be)") from None
+        except (TypeError, ValueError, LookupError) as exc:
+            raise InputError("encoding", f"{encoding!r} cannot be used here ({exc})") from None
         return name, _label(name)
     if b"\x00" in head:
         raise InputError("encoding", "the file contains NUL bytes and no byte-order mark: it "

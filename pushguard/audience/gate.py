@@ -14,6 +14,7 @@ transaction, whichever process made the change.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class Gate:
     def __init__(self, policy: AudiencePolicy | None = None) -> None:
         self.policy = policy or AudiencePolicy()
         self._c = _Cache()
+        self._lock = threading.Lock()
         #: lookups answered from memory vs from the database (for tests and metrics)
         self.hits = 0
         self.misses = 0
@@ -225,6 +227,16 @@ class Gate:
     # -- deciding ---------------------------------------------------------------------------
 
     def check(
+        self, conn: Connection, items: Sequence[Item], now: float, *, sending: bool,
+        lock: bool = False,
+    ) -> None:
+        # One gate serves every thread of a process (API requests run in a thread pool, and
+        # on PostgreSQL their transactions overlap): a check must not see the cache swapped
+        # under it. Checks are short; the database work inside is per batch.
+        with self._lock:
+            self._check(conn, items, now, sending=sending, lock=lock)
+
+    def _check(
         self, conn: Connection, items: Sequence[Item], now: float, *, sending: bool,
         lock: bool = False,
     ) -> None:

@@ -7,6 +7,7 @@ change only through their own endpoints, which record who, when, how and the pro
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -30,6 +31,23 @@ GUARDED_FIELDS = {
 }
 
 
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+MAX_ATTRIBUTES_DEPTH = 8
+
+
+def _shallow(value: Any, depth: int) -> None:
+    """Refuse attributes nested deeper than a person's data needs (and than JSON tools and
+    templates cope with)."""
+    if depth > MAX_ATTRIBUTES_DEPTH:
+        raise ValueError(f"are nested deeper than {MAX_ATTRIBUTES_DEPTH} levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            _shallow(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _shallow(v, depth + 1)
+
+
 def _problem(exc: Exception) -> str:
     return str(exc)
 
@@ -43,8 +61,18 @@ class AddressIn(BaseModel):
     platform: Literal["ios", "android", "web"] | None = None
     environment: Literal["production", "sandbox"] | None = None
     verified: bool = False
-    #: when the address was last seen in use (UNIX seconds); defaults to now
+    #: when the address was last seen in use (UNIX seconds): a new address defaults to now;
+    #: an existing one changes only when this is given, and never into the future
     last_seen: float | None = Field(default=None, ge=0)
+
+    @field_validator("last_seen")
+    @classmethod
+    def _not_future(cls, v: float | None) -> float | None:
+        import time
+
+        if v is not None and v > time.time() + 300:
+            raise ValueError("is in the future")
+        return v
 
 
 class ContactIn(BaseModel):
@@ -61,6 +89,15 @@ class ContactIn(BaseModel):
     quiet_hours: str | None = Field(default=None, max_length=16,
                                     description="HH:MM-HH:MM in the contact's timezone")
     addresses: list[AddressIn] = Field(default_factory=list, max_length=100)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attrs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            _shallow(v, depth=0)
+            if len(json.dumps(v, separators=(",", ":"))) > MAX_ATTRIBUTES_BYTES:
+                raise ValueError(f"are larger than {MAX_ATTRIBUTES_BYTES} bytes as JSON")
+        return v
 
     @field_validator("timezone")
     @classmethod

@@ -264,7 +264,8 @@ class Audience:
             else:
                 seen_upd.append({
                     "b_id": old.id, "verified": bool(old.verified) or a["verified"],
-                    "last_seen": max(old.last_seen or 0, a["last_seen"] or now),
+                    # repeating an address (a nightly CRM sync) is not a sign of life
+                    "last_seen": max(old.last_seen or 0, a["last_seen"] or 0) or None,
                     "platform": a["platform"] or old.platform,
                     "environment": a["environment"] or old.environment, "updated_at": now,
                 })

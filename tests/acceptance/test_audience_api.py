@@ -11,6 +11,13 @@ from tests.acceptance.conftest import CLI, LiveAPI
 HOOK = "https://127.0.0.1:9/hook"
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for _ in range(depth):
+        out = {"a": out}
+    return out
+
+
 def contact_body(ext: str = "u1", **kw: Any) -> dict[str, Any]:
     return {"external_id": ext, "timezone": "Europe/Paris", "locale": "fr-FR",
             "attributes": {"plan": "pro"},
@@ -83,6 +90,10 @@ def test_contact_lifecycle_and_the_gate_through_the_api(live_api: LiveAPI) -> No
     (contact_body(addresses=[{"channel": "email", "address": "a@@b"}]),
      "addresses[0].address", ""),
     (contact_body(plan="x"), "plan", "unknown field"),
+    (contact_body(attributes=_nested(300)), "attributes", "nested deeper"),
+    (contact_body(attributes={"x": "y" * 20_000}), "attributes", "larger than"),
+    (contact_body(addresses=[{"channel": "email", "address": "a@example.com",
+                              "last_seen": 1e308}]), "addresses[0].last_seen", "future"),
     ({"addresses": []}, "external_id", "required"),
 ])
 def test_bad_contacts_get_a_4xx_naming_the_field(live_api: LiveAPI, body: dict[str, Any],

@@ -58,3 +58,13 @@ def test_a_stream_without_peek_is_buffered() -> None:
 
     csvf = CSVFile(Raw(b"\xef\xbb\xbfa\n1\n"))  # type: ignore[arg-type]
     assert csvf.label == "UTF-8" and [r.fields for r in csvf] == [["a"], ["1"]]
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "base64", "hex", "uu_codec", "idna", "utf-16"])
+def test_encodings_that_cannot_read_a_csv_are_refused_by_name(encoding: str) -> None:
+    from pushguard.audience.csvfile import detect
+    from pushguard.exceptions import InputError
+
+    with pytest.raises(InputError) as err:
+        detect(b"external_id,email\n1,a@example.com\n", encoding)
+    assert err.value.field == "encoding"
