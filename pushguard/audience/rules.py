@@ -52,8 +52,9 @@ class QuietHours:
         """None when ``now`` is outside the window, else the UNIX time the window ends.
 
         The end is a wall-clock time in ``tz``: on the night clocks go forward or back, the
-        window still ends at e.g. 08:00 local. An end that falls in a skipped hour resolves
-        to the first valid instant after it."""
+        window still ends at e.g. 08:00 local. An end in a skipped hour is the moment the
+        clocks jump; an end in a repeated hour is its first occurrence, or its second when
+        we are already past the first."""
         local = datetime.fromtimestamp(now, tz)
         if not self._inside(local.time().replace(tzinfo=None)):
             return None
@@ -61,15 +62,31 @@ class QuietHours:
         if self.start >= self.end and local.time().replace(tzinfo=None) >= self.start:
             day = day + timedelta(days=1)  # inside the part before midnight
         end = datetime.combine(day, self.end, tzinfo=tz)
-        # A wall time that does not exist (spring forward) round-trips through UTC to the
-        # instant after the gap.
-        return max(_normalise(end).timestamp(), now + 1.0)
+        first, second = end.timestamp(), end.replace(fold=1).timestamp()
+        if first == second:
+            at = first  # an ordinary wall time
+        elif second < first:
+            # it does not exist (clocks went forward over it): the window ends when the
+            # clocks jump, the first instant whose wall time is at or past the end
+            at = _jump(second, first, end)
+        else:
+            # it exists twice (clocks went back): the first occurrence, unless that is
+            # already behind us (we are inside the repeated hour)
+            at = first if first > now else second
+        return max(at, now + 1.0)
 
 
-def _normalise(dt: datetime) -> datetime:
-    tz = dt.tzinfo
-    assert tz is not None
-    return dt.astimezone(ZoneInfo("UTC")).astimezone(tz)
+def _jump(lo: float, hi: float, end: datetime) -> float:
+    """The instant between ``lo`` and ``hi`` where the local wall time reaches ``end``."""
+    tz = end.tzinfo
+    target = end.replace(tzinfo=None)
+    for _ in range(40):  # to well under a second
+        mid = (lo + hi) / 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return float(round(hi))
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,19 @@ def test_outside_the_window_nothing_waits() -> None:
 def test_window_ending_in_the_skipped_hour_ends_after_the_gap() -> None:
     q = QuietHours.parse("01:00-02:30")  # 02:30 does not exist in Paris on 2026-03-29
     until = q.next_allowed(at(PARIS, 2026, 3, 29, 1, 30), PARIS)
-    assert until is not None and local(until, PARIS) == "2026-03-29 03:30 CEST"
+    assert until is not None and local(until, PARIS) == "2026-03-29 03:00 CEST"
+
+
+def test_inside_the_repeated_hour_the_window_ends_at_its_second_occurrence() -> None:
+    q = QuietHours.parse("00:00-01:30")
+    # 01:15 EST, the second 01:15 of 2026-11-01 in New York (the first was 01:15 EDT)
+    now = datetime(2026, 11, 1, 1, 15, fold=1, tzinfo=NEW_YORK).timestamp()
+    until = q.next_allowed(now, NEW_YORK)
+    assert until is not None and local(until, NEW_YORK) == "2026-11-01 01:30 EST"
+    assert until - now == 15 * 60  # not a one-second spin
+    first = datetime(2026, 11, 1, 0, 30, tzinfo=NEW_YORK).timestamp()  # 00:30 EDT
+    until = q.next_allowed(first, NEW_YORK)
+    assert until is not None and local(until, NEW_YORK) == "2026-11-01 01:30 EDT"
 
 
 def test_daytime_window() -> None:
