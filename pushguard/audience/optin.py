@@ -18,6 +18,7 @@ wrong raises the same :class:`~pushguard.audience.links.BadLink`.
 from __future__ import annotations
 
 import html
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pushguard.audience.service import ConsentRecord
 from pushguard.exceptions import ConfigError, InputError, NotFound
 from pushguard.models import new_id
 from pushguard.store.schema import (
+    audit_log,
     confirmations,
     consent,
     contact_addresses,
@@ -283,7 +285,7 @@ def unsubscribe(app: App, token: str, who: Requester, method: str) -> dict[str, 
 
 def preferences_contact(app: App, token: str) -> str:
     """The contact id a preferences link is for; ``BadLink`` if it is not one."""
-    return _verify(app, "preferences", token, PREFERENCES_MAX_AGE)
+    return current_id(app, _verify(app, "preferences", token, PREFERENCES_MAX_AGE))
 
 
 def preferences(app: App, token: str) -> tuple[str, list[Choice]]:
@@ -389,7 +391,22 @@ def _unsub_payload(app: App, token: str) -> tuple[str, str, str]:
     if not (isinstance(value, list) and len(value) == 3
             and all(isinstance(v, str) and v for v in value)):
         raise BadLink()
-    return value[0], value[1], value[2]
+    return current_id(app, value[0]), value[1], value[2]
+
+
+def current_id(app: App, cid: str) -> str:
+    """The contact a link's id stands for now: itself, or the contact it was merged into."""
+    with app.audience.store._read() as conn:
+        for _ in range(5):  # merges of merges
+            if conn.execute(select(contacts.c.id).where(contacts.c.id == cid)).first():
+                return cid
+            row = conn.execute(select(audit_log.c.detail).where(
+                audit_log.c.subject == f"alias:{cid}").order_by(audit_log.c.id.desc())
+                .limit(1)).scalar()
+            if row is None:
+                return cid
+            cid = str(json.loads(row)["contact_id"])
+    return cid
 
 
 def _prefs_url(app: App, cid: str) -> str:

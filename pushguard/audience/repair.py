@@ -122,6 +122,9 @@ def _merge(aud: Audience, conn: Connection, f: Finding, actor: str,
         for n in filled:
             fields[n] = getattr(o, n)
         conn.execute(delete(contacts).where(contacts.c.id == oid))
+        # links already sent name the old id: they must keep working (an unsubscribe link
+        # lives 400 days), so the old id points at the contact it became
+        _audit(conn, actor, "contact.alias", f"alias:{oid}", {"contact_id": keep}, now)
         merged.append({
             "id": oid, "external_id": o.external_id, "created_at": o.created_at,
             "addresses_moved": moved, "addresses_combined": combined,

@@ -319,3 +319,27 @@ def test_finding_ids_are_stable_between_runs(aud: Audience, store: SQLStore) -> 
     assert [f.id for f in Doctor(aud).findings()] == first
     assert [f.kind for f in Doctor(aud, stale_days=400).findings()] == [
         "duplicate_contacts", "conflicting_address"]
+
+
+def test_links_of_a_merged_contact_act_on_the_contact_it_became(
+        aud: Audience, store: SQLStore) -> None:
+    from pushguard import config as config_mod
+    from pushguard.app import App
+    from pushguard.audience import optin
+    from pushguard.settings import Settings
+
+    app = App(settings=Settings(secret_key="k"), store=store,
+              config=config_mod.default_config(Settings()))
+    a = contact(aud, "ana-crm", ("email", "ana@example.com"), created=NOW - 10 * DAY)
+    b = contact(aud, "ana-shop", ("email", "ana@example.com"), created=NOW - DAY)
+    grant(aud, b, "news", "email", at=NOW - DAY)
+    token = app.links.unsubscribe_url(b, "news", "email").rsplit("/", 1)[1]
+    prefs = app.links.preferences_url(b).rsplit("/", 1)[1]
+    (f,) = of_kind(aud, "duplicate_contacts")
+    apply_fixes(Doctor(aud), [f.id], actor="tester")  # b is merged into a
+    assert aud.contact(a)["consent"][0]["status"] == "granted"
+    got = optin.unsubscribe(app, token, optin.Requester("203.0.113.1", "Mail"),
+                            "one-click (RFC 8058)")
+    assert got["changed"]
+    assert aud.contact(a)["consent"][0]["status"] == "withdrawn"
+    assert optin.preferences_contact(app, prefs) == a
