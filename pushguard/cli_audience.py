@@ -172,9 +172,10 @@ def _consent(ref: str, topic: str, channel: str, status: str, source: str,
     aud = app.audience
     cid = aud.resolve(ref)
     t = aud.topic(topic)
-    if status == "granted" and t["double_opt_in"] and not proof:
+    if status == "granted" and t["double_opt_in"] and not aud.confirmed(
+            cid, topic, channel, proof):
         raise InputError("--proof", f"topic {topic!r} needs confirmed opt-in: use `pushguard "
-                         "contacts subscribe`, or give the proof of an earlier confirmation")
+                         "contacts subscribe`, or give the id of a completed confirmation")
     (lid,) = aud.record_consent([ConsentRecord(
         cid, body.topic, body.channel, status, body.source, time.time(), None, None,
         body.proof, body.policy_version or app.config.audience.policy_version, _actor())])

@@ -140,11 +140,15 @@ def audience_router(app: App) -> APIRouter:
         topic that needs confirmed opt-in cannot be granted here without proof: subscribe
         through /v1/contacts/{ref}/subscriptions instead."""
         cid = aud.resolve(ref)
-        topic = aud.topic(body.topic)
-        if body.status == "granted" and topic["double_opt_in"] and not body.proof:
+        try:
+            topic = aud.topic(body.topic)
+        except NotFound as exc:
+            raise InputError("topic", exc.message) from exc
+        if body.status == "granted" and topic["double_opt_in"] and not aud.confirmed(
+                cid, body.topic, body.channel, body.proof):
             raise InputError("proof", f"topic {body.topic!r} needs confirmed opt-in: send the "
                              "confirmation through /v1/contacts/{ref}/subscriptions, or give "
-                             "the proof of an earlier confirmation")
+                             "the id of a confirmation this contact completed")
         (lid,) = aud.record_consent([ConsentRecord(
             cid, body.topic, body.channel, body.status, body.source, time.time(), body.ip,
             body.user_agent, body.proof, body.policy_version or app.config.audience.policy_version,

@@ -399,6 +399,17 @@ class Audience:
         bump(conn)
         return ids
 
+    def confirmed(self, cid: str, topic: str, channel: str, proof: str | None) -> bool:
+        """Whether ``proof`` names a confirmation this contact completed for this topic and
+        channel: what granting a confirmed-opt-in topic by hand must point to."""
+        if not proof:
+            return False
+        with self.store._read() as conn:
+            return conn.execute(select(confirmations.c.id).where(
+                confirmations.c.id == proof, confirmations.c.contact_id == cid,
+                confirmations.c.topic == topic, confirmations.c.channel == channel,
+                confirmations.c.confirmed_at.is_not(None))).first() is not None
+
     def ledger(self, ref: str) -> list[dict[str, Any]]:
         with self.store._read() as conn:
             cid = self.resolve(ref, conn)

@@ -126,8 +126,10 @@ def test_confirmed_opt_in_topic_needs_proof(live_api: LiveAPI) -> None:
         grant = {"topic": "vip", "channel": "webhook", "status": "granted"}
         r = c.post(f"/v1/contacts/{cid}/consent", json=grant)
         assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "proof"
+        r = c.post(f"/v1/contacts/{cid}/consent", json={**grant, "proof": "I promise"})
+        assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "proof"
         r = c.post(f"/v1/contacts/{cid}/consent", json={**grant, "topic": "nope"})
-        assert r.status_code == 404
+        assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "topic"
         r = c.post(f"/v1/contacts/{cid}/consent", json={**grant, "source": "double_opt_in"})
         assert r.status_code == 422  # only pushguard itself records confirmations
 
