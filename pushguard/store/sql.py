@@ -593,10 +593,21 @@ class SQLStore(Store):
             self._start_leg(conn, row, now, f"reported undelivered ({cause})")
         if args["suppress"]:
             channel, reason = args["suppress"]
-            conn.execute(self._insert_ignore(suppressions), [{
-                "channel": channel or row.channel, "address": row.to_addr, "reason": reason,
-                "source": f"receipt for {message_id}", "created_at": now,
-            }])
+            channel = channel or row.channel
+            source = f"receipt for {message_id}"
+            added = conn.execute(self._insert_ignore(suppressions), [{
+                "channel": channel, "address": row.to_addr, "reason": reason,
+                "source": source, "created_at": now,
+            }]).rowcount
+            conn.execute(update(contact_addresses).where(
+                contact_addresses.c.channel == channel,
+                contact_addresses.c.address == row.to_addr,
+                contact_addresses.c.status == "active",
+            ).values(status="deactivated", status_reason=reason, status_evidence=source,
+                     updated_at=now))
+            if added:
+                audit(conn, "receipt", "suppression.added", f"{channel}:{row.to_addr}",
+                      {"reason": reason, "source": source}, now=now)
             bump(conn)
         return True
 

@@ -174,3 +174,25 @@ async def test_a_held_receipt_for_another_send_is_dropped(store: SQLStore) -> No
     assert view is not None and view.next_leg_id is None
     assert "did not match" in view.history[-1].reason
     assert store.suppressions() == []
+
+
+async def test_a_receipt_that_suppresses_deactivates_the_contacts_address(
+    store: SQLStore,
+) -> None:
+    from pushguard.audience.models import ContactIn
+    from pushguard.audience.service import normalise_contact
+
+    app = make_app(store)
+    c = ContactIn.model_validate({"external_id": "u1", "addresses": [
+        {"channel": "sms", "address": "+14155550100"}]})
+    (u1,) = app.audience.upsert([normalise_contact(c, app.guard)])
+    (res,) = store.enqueue([NewMessage("sms", "+14155550100", {"text": "hi"})], scope="t")
+    await deliver(app)
+    view = store.get(res.id)  # type: ignore[union-attr]
+    assert view is not None and view.state is State.DELIVERED
+    assert store.add_receipt(view.id, view.provider_message_id or "", "undelivered: 21211",
+                             cause="INVALID_RECIPIENT", suppress=("", "INVALID_RECIPIENT"))
+    (addr,) = app.audience.contact(u1.id)["addresses"]
+    assert addr["status"] == "deactivated" and addr["status_reason"] == "INVALID_RECIPIENT"
+    entries = app.audience.audit(subject="sms:+14155550100")
+    assert [e["action"] for e in entries] == ["suppression.added"]
