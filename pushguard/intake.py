@@ -249,6 +249,7 @@ class Intake:
                 send_at=msg.send_at, ttl=msg.ttl,
                 idempotency_key=f"{key}#device{i}" if key is not None else None,
                 fallback=legs, contact_id=contact_id, confirm_within=item.confirm_within,
+                fanout_of=msg.id,
             )
             if key is not None:
                 one.request_hash = request_hash(one)

@@ -45,6 +45,8 @@ class NewMessage:
     fanout: list[NewMessage] = field(default_factory=list)
     #: once delivered, seconds a receipt has to confirm it before the fallback starts
     confirm_within: int | None = None
+    #: the message this one is a device copy of (fan-out)
+    fanout_of: str | None = None
     id: str = field(default_factory=new_id)
 
 
@@ -87,6 +89,8 @@ class Job:
     last_cause: str | None = None
     fallback: list[dict[str, Any]] = field(default_factory=list)
     contact_id: str | None = None
+    #: the message this one is a device copy of: caps count a push to all devices once
+    fanout_of: str | None = None
     #: the topic is a marketing topic (unsubscribe links, caps, quiet hours apply)
     marketing: bool = False
     #: why the pre-send gate stops this message now, if it does

@@ -92,6 +92,8 @@ class Item:
     to: str
     topic: str | None
     contact_id: str | None
+    #: what a cap counts: the message, or the push it is a device copy of
+    group: str | None = None
     #: filled in by the gate
     marketing: bool = False
     stop: Stop | None = None
@@ -370,8 +372,9 @@ class Gate:
         for it in capped:
             cid, topic = it.contact_id or "", it.topic or ""
             history = sent[cid]
-            if any(mid == it.id for _, _, mid in history):
-                continue  # already counted when it was first let through
+            group = it.group or it.id
+            if any(mid == group for _, _, mid in history):
+                continue  # already counted: an earlier claim, or a copy to another device
             marketing_times = [at for t, at, _ in history if rules.get(t, _NOT).marketing]
             cap = rules[topic].cap
             if cap is not None and cap.exceeded([at for t, at, _ in history if t == topic],
@@ -382,8 +385,8 @@ class Gate:
                 it.stop = Stop(State.SUPPRESSED, "POLICY_SUPPRESSED", "frequency_cap",
                                f"frequency cap for marketing: {overall.text}")
             elif sending:
-                history.append((topic, now, it.id))
-                rows.append((cid, topic, now, it.id))
+                history.append((topic, now, group))
+                rows.append((cid, topic, now, group))
         if rows:
             conn.exec_driver_sql(_param(conn, _INSERT_SEND), rows)
 

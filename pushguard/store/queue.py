@@ -22,7 +22,7 @@ CHUNK = 500
 
 _JOB_COLUMNS = (
     "id, channel, to_addr, content, topic, priority, attempts, state, created_at, expires_at, "
-    "avoid_provider, last_cause, fallback, contact_id"
+    "avoid_provider, last_cause, fallback, contact_id, fanout_of"
 )
 # The condition must read exactly like the partial index's, or the planner will not use it.
 _CLAIM = (
@@ -80,6 +80,7 @@ def message_row(
         "parent_id": m.parent_id,
         "contact_id": m.contact_id,
         "confirm_within": m.confirm_within,
+        "fanout_of": m.fanout_of,
     }
 
 
@@ -120,6 +121,7 @@ class QueueSQL:
                 priority=r[5], attempts=r[6], created_at=r[8],
                 expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
                 fallback=json.loads(r[12]) if r[12] else [], contact_id=r[13],
+                fanout_of=r[14],
             )
             for r in rows
         ]

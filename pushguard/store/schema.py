@@ -62,6 +62,9 @@ messages = Table(
     Column("confirm_within", Integer),
     Column("confirm_by", Float),
     Column("confirmed_at", Float),
+    #: a copy of a message to another device of the same contact: frequency caps count the
+    #: copies of one push once
+    Column("fanout_of", String(40)),
     UniqueConstraint("idem_scope", "idem_key", name="uq_messages_idem"),
 )
 #: states whose messages wait for a worker; the partial index below holds only these rows, so

@@ -216,7 +216,8 @@ class SQLStore(Store):
             seen = self._existing_keys(conn, scope, [m.idempotency_key for m in items])
             fresh = [m for m in items
                      if m.idempotency_key is None or m.idempotency_key not in seen]
-            gated = [Item(m.id, m.channel, m.to, m.topic, m.contact_id) for m in fresh]
+            gated = [Item(m.id, m.channel, m.to, m.topic, m.contact_id, m.fanout_of)
+                     for m in fresh]
             self.gate.check(conn, gated, now, sending=False)
             stops = {g.id: g for g in gated}
             rows: list[dict[str, Any]] = []
@@ -294,7 +295,8 @@ class SQLStore(Store):
     def _claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
         jobs = self._queue.claim(conn, owner, limit, lease)
         if jobs:
-            items = [Item(j.id, j.channel, j.to, j.topic, j.contact_id) for j in jobs]
+            items = [Item(j.id, j.channel, j.to, j.topic, j.contact_id, j.fanout_of)
+                     for j in jobs]
             self.gate.check(conn, items, time.time(), sending=True,
                             lock=self.dialect == "postgresql")
             for j, it in zip(jobs, items, strict=True):

@@ -447,3 +447,30 @@ def test_naming_a_contact_does_not_borrow_its_consent_for_another_address(
     assert err.value.field == "to" and "not an active email address" in err.value.problem
     ok = app.intake.prepare(app.intake.parse({**raw, "to": "Alice@EXAMPLE.com".lower()}))
     assert ok.contact_id == alice
+
+
+async def test_a_push_to_all_of_a_contacts_devices_counts_once_against_the_cap(
+    store: SQLStore,
+) -> None:
+    app = make_app(store, AudiencePolicy(marketing_cap=Cap.parse("2/1d")))
+    app.config = Config(channels={"fcm": ("push",)},
+                        providers={"push": ProviderConfig("push", "fake", {})},
+                        audience=app.config.audience)
+    app.intake.config = app.config
+    tokens = [c * 152 for c in "abc"]
+    c = ContactIn.model_validate({"external_id": "u1", "addresses": [
+        {"channel": "fcm", "address": t} for t in tokens]})
+    (u1,) = app.audience.upsert([normalise_contact(c, app.guard)])
+    consent(app, u1.id, "granted", channel="push")
+    raw = {"channel": "fcm", "contact": "u1", "topic": "news",
+           "content": {"title": "Sale", "body": "20 % off"}}
+    for _ in range(3):  # three campaigns, each to three devices
+        msg = app.intake.prepare(app.intake.parse(raw))
+        assert len(msg.fanout) == 2
+        app.intake.submit([msg], scope="t")
+        await deliver(app)
+    with store._read() as conn:
+        states = [r[0] for r in conn.exec_driver_sql(
+            "SELECT state FROM messages ORDER BY created_at, id")]
+    assert states.count("delivered") == 6  # two pushes reached all three devices
+    assert states.count("suppressed") == 3  # the third push, on every device
