@@ -432,13 +432,14 @@ def _when(ts: object) -> str:
 
 # -- audience (its own modules; registered here so `pushguard --help` lists them) -----------
 def _register_audience() -> None:
-    from pushguard import cli_audience, cli_data, cli_optin
+    from pushguard import cli_audience, cli_data, cli_optin, cli_templates
 
     contacts: typer.Typer = cli_audience.contacts_cli
     cli.add_typer(contacts, name="contacts")
     cli.add_typer(cli_audience.topics_cli, name="topics")
     cli.add_typer(cli_audience.consent_cli, name="consent")
     cli.add_typer(cli_data.doctor_cli, name="doctor")
+    cli.add_typer(cli_templates.templates_cli, name="template")
     for name, fn in (("import", getattr(cli_data, "import_contacts", None)),
                      ("subscribe", getattr(cli_optin, "subscribe", None))):
         if fn is not None:

@@ -24,6 +24,7 @@ from pushguard.api.data import data_router
 from pushguard.api.inbound import inbound_router
 from pushguard.api.public import public_router
 from pushguard.api.receipts import receipts_router
+from pushguard.api.templates import templates_router
 from pushguard.app import App
 from pushguard.exceptions import (
     IdempotencyConflict,
@@ -141,6 +142,7 @@ def create_api(app: App) -> FastAPI:
     api.include_router(public_router(app))
     api.include_router(inbound_router(app))
     api.include_router(data_router(app))
+    api.include_router(templates_router(app))
     store = app.store
 
     def accepted_json(result: Accepted) -> dict[str, Any]:

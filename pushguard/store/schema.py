@@ -311,3 +311,39 @@ audience_generation = Table(
     Column("id", Integer, primary_key=True),
     Column("n", BigInteger, nullable=False),
 )
+
+
+# -- templates --------------------------------------------------------------------------------
+# Jinja2 templates per channel; a version is never changed once written, and the newest
+# version of a locale is the one used (pushguard/templates/).
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    #: message | layout | partial
+    Column("kind", String(16), nullable=False),
+    #: email | push | sms | webhook; "any" for a partial
+    Column("channel", String(16), nullable=False),
+    Column("topic", String(128)),
+    #: the name of the layout template a message is wrapped in
+    Column("layout", String(128)),
+    Column("created_at", Float, nullable=False),
+)
+
+template_versions = Table(
+    "template_versions",
+    metadata,
+    Column("template_id", String(40), primary_key=True),
+    #: 1, 2, 3... per template, across its locales
+    Column("version", Integer, primary_key=True),
+    #: a language tag (fr, fr-CA) or "default"
+    Column("locale", String(35), nullable=False),
+    #: the content as JSON: per channel, every string a Jinja template
+    Column("content", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(64), nullable=False),
+)
+Index("ix_template_versions_locale", template_versions.c.template_id,
+      template_versions.c.locale, template_versions.c.version)
