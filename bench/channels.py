@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -50,6 +50,7 @@ import aiohttp
 
 from bench import procs
 from bench.dbs import SQLiteDB
+from bench.layers import Timed, drive
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHANNELS = ("email", "apns", "fcm", "webpush")
@@ -59,7 +60,6 @@ FROM_ADDR = "news@shop.example"
 FROM = f"Shop <{FROM_ADDR}>"
 HELO = "bench.pushguard.test"
 
-Timed = tuple[float, float]  # (wall seconds, this process's CPU seconds, all threads)
 
 
 def log(msg: str) -> None:
@@ -76,20 +76,6 @@ def pem(key: Any) -> str:
     return str(key.private_bytes(serialization.Encoding.PEM,
                                  serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption()).decode())
-
-
-async def drive(items: Sequence[Any], concurrency: int,
-                one: Callable[[Any], Awaitable[None]]) -> Timed:
-    """``concurrency`` loops taking items from one iterator; wall and CPU time."""
-    it = iter(items)
-
-    async def loop() -> None:
-        for x in it:
-            await one(x)
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return time.perf_counter() - t0, time.process_time() - c0
 
 
 # -- the sandbox -----------------------------------------------------------------------------

@@ -45,8 +45,9 @@ def _jobs(hook: str, n: int) -> list[Any]:
 Timed = tuple[float, float]  # (wall seconds, CPU seconds of this process, all threads)
 
 
-async def _drive(items: Sequence[Any], concurrency: int,
-                 one: Callable[[Any], Awaitable[None]]) -> Timed:
+async def drive(items: Sequence[Any], concurrency: int,
+                one: Callable[[Any], Awaitable[None]]) -> Timed:
+    """``concurrency`` loops taking items from one iterator; wall and CPU time."""
     it = iter(items)
 
     async def loop() -> None:
@@ -67,8 +68,8 @@ async def _raw(hook: str, n: int, c: int) -> Timed:
                 await r.read()
                 assert r.status == 200
 
-        await _drive(bodies[:c], c, one)
-        return await _drive(bodies, c, one)
+        await drive(bodies[:c], c, one)
+        return await drive(bodies, c, one)
 
 
 def _provider(hook: str) -> Any:
@@ -91,8 +92,8 @@ async def _http_client(hook: str, n: int, c: int) -> Timed:
             r = await p.client.post(hook, data=body, headers=headers)
             assert r.status == 200
 
-        await _drive(deliveries[:c], c, one)
-        return await _drive(deliveries, c, one)
+        await drive(deliveries[:c], c, one)
+        return await drive(deliveries, c, one)
     finally:
         await p.close()
 
@@ -113,8 +114,8 @@ async def _provider_send(hook: str, n: int, c: int) -> Timed:
         async def one(d: Any) -> None:
             await p.send(d)
 
-        await _drive(deliveries[:c], c, one)
-        return await _drive(deliveries, c, one)
+        await drive(deliveries[:c], c, one)
+        return await drive(deliveries, c, one)
     finally:
         await p.close()
 
@@ -131,8 +132,8 @@ async def _pipeline(hook: str, n: int, c: int) -> Timed:
             out = await pipeline.process(job)
             assert out.state is State.DELIVERED, out
 
-        await _drive(_jobs(hook, c), c, one)
-        return await _drive(_jobs(hook, n), c, one)
+        await drive(_jobs(hook, c), c, one)
+        return await drive(_jobs(hook, n), c, one)
     finally:
         for p in providers.values():
             await p.close()
