@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -16,6 +17,9 @@ from pushguard.audience.links import Links, link_keys
 from pushguard.audience.service import Audience
 from pushguard.circuit import BreakerState
 from pushguard.config import Config
+
+if TYPE_CHECKING:
+    from pushguard.templates.service import Templates
 from pushguard.exceptions import ConfigError
 from pushguard.intake import Intake
 from pushguard.metrics import Metrics
@@ -49,6 +53,17 @@ class App:
         self.intake = Intake(self.store, self.config, self.guard, self.settings,
                              audience=self.audience)
         self._links: Links | None = None
+        self._templates: Templates | None = None
+        self.intake.templates = lambda: self.templates
+
+    @property
+    def templates(self) -> Templates:
+        """The template service (its render processes start on first use)."""
+        if self._templates is None:
+            from pushguard.templates.service import Templates
+
+            self._templates = Templates.over(self.store, self.guard)
+        return self._templates
 
     @property
     def links(self) -> Links:

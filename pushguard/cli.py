@@ -211,7 +211,10 @@ def webhook_secret() -> None:
 def send(
     channel: Annotated[str, typer.Option(help="webhook, email, sms, fcm, apns, webpush, chat")],
     to: Annotated[str | None, typer.Option(help="the address on that channel")] = None,
-    content: Annotated[str, typer.Option(help="content as a JSON object")] = "{}",
+    content: Annotated[str | None, typer.Option(help="content as a JSON object")] = None,
+    template: Annotated[str | None, typer.Option(help="a template to render instead of "
+                                                      "--content")] = None,
+    data: Annotated[str, typer.Option(help="the template's data, a JSON object")] = "{}",
     topic: Annotated[str | None, typer.Option()] = None,
     priority: Annotated[str, typer.Option(help="high, normal or bulk")] = "normal",
     send_at: Annotated[str | None, typer.Option(help="RFC 3339 time")] = None,
@@ -221,11 +224,19 @@ def send(
                                                      "may be left out)")] = None,
 ) -> None:
     """Enqueue one message; prints its id and state."""
-    try:
-        body = json.loads(content)
-    except ValueError as exc:
-        raise InputError("content", f"is not valid JSON ({exc.args[0]})") from exc
-    raw: dict[str, Any] = {"channel": channel, "content": body, "priority": priority}
+    raw: dict[str, Any] = {"channel": channel, "priority": priority}
+    for name, text in (("content", content), ("data", data if template else None)):
+        if text is not None:
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise InputError(f"--{name}", f"is not valid JSON ({exc.args[0]})") from exc
+            if name == "content":
+                raw["content"] = value
+            else:
+                raw["template"] = {"name": template, "data": value}
+    if template is None and content is None:
+        raw["content"] = {}
     for k, v in (("to", to), ("topic", topic), ("send_at", send_at), ("ttl", ttl),
                  ("idempotency_key", idempotency_key), ("contact", contact)):
         if v is not None:

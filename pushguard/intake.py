@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +27,7 @@ from pushguard.store.base import Store
 
 if TYPE_CHECKING:
     from pushguard.audience.service import Audience
+    from pushguard.templates.service import Templates
 
 MAX_SEND_AHEAD = 366 * 86400
 
@@ -47,6 +48,23 @@ class FallbackLeg(BaseModel):
     content: dict[str, Any]
 
 
+class TemplateRef(BaseModel):
+    """A stored template to render into the message's content."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, description="the template's name or id")
+    version: int | None = Field(default=None, ge=1, description="default: the newest")
+    locale: str | None = Field(default=None, max_length=35,
+                               description="default: the contact's, then the template's")
+    data: dict[str, Any] = Field(default_factory=dict, description="the template's `data`")
+
+
+#: which template channel serves each message channel
+TEMPLATE_CHANNEL = {"email": "email", "sms": "sms", "fcm": "push", "apns": "push",
+                    "webpush": "push", "webhook": "webhook"}
+
+
 class MessageIn(BaseModel):
     """One message as a client sends it."""
 
@@ -59,7 +77,10 @@ class MessageIn(BaseModel):
         default=None, min_length=1, max_length=255,
         description="a contact's id or external id: without `to`, the message goes to its best "
         "active address on the channel; consent, caps and quiet hours are the contact's")
-    content: dict[str, Any] = Field(description="channel-specific content (a JSON object)")
+    content: dict[str, Any] | None = Field(
+        default=None, description="channel-specific content (a JSON object), or use template")
+    template: TemplateRef | None = Field(
+        default=None, description="render a stored template (for the contact) into content")
     topic: str | None = Field(
         default=None, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$",
         description="what the message is about (consent and frequency rules use it)",
@@ -136,6 +157,8 @@ class Intake:
         self.guard = guard
         self.settings = settings
         self.audience = audience
+        #: the template service, built on first use (it starts render processes)
+        self.templates: Callable[[], Templates] | None = None
         self.mail_domains = MailDomains(settings.dns_server) if settings.email_dns_check \
             else None
         self._topics: dict[str, str] = {}
@@ -199,9 +222,14 @@ class Intake:
                 raise InputError(f("contact"), exc.problem) from exc
         if to_raw is None:
             raise InputError(f("to"), "is required (or name a contact)")
+        if (item.content is None) == (item.template is None):
+            raise InputError(f("content"), "give either content or template (one of them)")
         if contact_id is not None and item.to is not None:
             to_raw = self._held_by(contact_id, item.channel, to_raw, f("to"), memo)
-        to = self._target(item.channel, to_raw, item.content, prefix, memo)
+        content = item.content if item.template is None else self._render(
+            item.template, item.channel, contact_id, f("template"))
+        assert content is not None
+        to = self._target(item.channel, to_raw, content, prefix, memo)
         key = item.idempotency_key
         if header_key is not None:
             if key is not None and key != header_key:
@@ -227,7 +255,7 @@ class Intake:
         msg = NewMessage(
             channel=item.channel,
             to=to,
-            content=item.content,
+            content=content,
             topic=item.topic,
             priority=PRIORITIES[item.priority],
             send_at=send_at,
@@ -243,7 +271,7 @@ class Intake:
             msg.request_hash = request_hash(msg)
         for i, device in enumerate(devices, start=1):
             one = NewMessage(
-                channel=msg.channel, to=self._target(msg.channel, device, item.content, prefix,
+                channel=msg.channel, to=self._target(msg.channel, device, content, prefix,
                                                      memo),
                 content=msg.content, topic=msg.topic, priority=msg.priority,
                 send_at=msg.send_at, ttl=msg.ttl,
@@ -255,6 +283,34 @@ class Intake:
                 one.request_hash = request_hash(one)
             msg.fanout.append(one)
         return msg
+
+    def _render(self, ref: TemplateRef, channel: str, contact_id: str | None,
+                field: str) -> dict[str, Any]:
+        """Render a template into this channel's content (at intake: a template that cannot
+        render for this contact is refused now, naming the problem)."""
+        from pushguard.templates.content import push_content
+        from pushguard.templates.errors import TemplateError
+
+        if self.templates is None:
+            raise InputError(field, "this store keeps no templates")
+        wanted = TEMPLATE_CHANNEL.get(channel)
+        try:
+            got = self.templates().render(ref.name, contact=contact_id, data=ref.data,
+                                          locale=ref.locale, version=ref.version)
+        except TemplateError as exc:
+            raise InputError(field, exc.detail) from exc
+        except NotFound as exc:
+            raise InputError(field + ".name", exc.message) from exc
+        except InputError as exc:
+            raise InputError(f"{field}.{exc.field}", exc.problem) from exc
+        if got["channel"] != wanted:
+            raise InputError(field + ".name", f"{ref.name!r} is a {got['channel']} template; "
+                             f"a {channel} message needs a {wanted} one")
+        content: dict[str, Any] = got["content"]
+        if wanted == "webhook":  # a webhook template holds the JSON to send under "json"
+            body = content.get("json")
+            return body if isinstance(body, dict) else {}
+        return push_content(content, channel) if wanted == "push" else content
 
     def _held_by(self, contact_id: str, channel: str, to: str, field: str,
                  memo: dict[tuple[str, str], str] | None) -> str:

@@ -17,7 +17,6 @@ from pushguard.api import errors
 from pushguard.api.auth import Auth
 from pushguard.templates.errors import LintRefused, TemplateError
 from pushguard.templates.models import LintIn, RenderIn, TemplateIn, VersionIn
-from pushguard.templates.service import Templates
 
 if TYPE_CHECKING:
     from pushguard.app import App
@@ -36,7 +35,7 @@ def refused(exc: LintRefused) -> JSONResponse:
 
 def templates_router(app: App) -> APIRouter:
     router = APIRouter()
-    service = Templates.over(app.store, app.guard)
+    service = app.templates
 
     @router.post("/v1/templates", status_code=201, tags=["templates"],
                  responses={422: {"description": "invalid, or lint errors"}})

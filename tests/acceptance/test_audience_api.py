@@ -219,3 +219,50 @@ def _with_apns(live_api: LiveAPI) -> Any:
                               providers={**cfg.providers, "fakepush": fake})
     live_api.app.intake.config = cfg
     return cfg
+
+
+def test_a_message_can_be_a_template_rendered_for_its_contact(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        setup(c)
+        c.post("/v1/topics", json={"name": "orders", "kind": "transactional"})
+        r = c.post("/v1/templates", json={
+            "name": "shipped", "channel": "webhook", "topic": "orders",
+            "content": {"json": {"text": "Hi {{ contact.attributes.plan }}, order "
+                                         "{{ data.order }} shipped"}},
+            "data": {"order": 1}})
+        assert r.status_code == 201, r.text
+        sent = c.post("/v1/messages", json={
+            "channel": "webhook", "contact": "u1", "topic": "orders",
+            "template": {"name": "shipped", "data": {"order": 1001}}})
+        assert sent.status_code == 202, sent.text
+        msg = c.get(f"/v1/messages/{sent.json()['id']}").json()
+        assert msg["content"] == {"text": "Hi pro, order 1001 shipped"}
+        missing = c.post("/v1/messages", json={
+            "channel": "webhook", "contact": "u1", "topic": "orders",
+            "template": {"name": "shipped"}})
+        assert missing.status_code == 422
+        err = missing.json()["error"]["fields"][0]
+        assert err["field"] == "template" and "order" in err["problem"]
+        both = c.post("/v1/messages", json={
+            "channel": "webhook", "contact": "u1", "content": {},
+            "template": {"name": "shipped", "data": {"order": 1}}})
+        assert both.status_code == 422
+        assert both.json()["error"]["fields"][0]["field"] == "content"
+        other = c.post("/v1/messages", json={
+            "channel": "sms", "to": "+14155550100", "template": {"name": "nope"}})
+        assert other.status_code == 422
+
+
+def test_cli_send_with_a_template(cli: CLI) -> None:
+    cli("db", "upgrade")
+    (cli.cwd / "hook.json").write_text('{"json": {"text": "order {{ data.order }} shipped"}}')
+    cli("template", "add", "shipped", "--channel", "webhook", "--file", "hook.json",
+        "--data", '{"order": 1}')
+    out = cli("send", "--channel", "webhook", "--to", HOOK, "--template", "shipped",
+              "--data", '{"order": 7}').stdout.split()
+    assert out[1] == "queued"
+    shown = cli("status", out[0], "--json").stdout
+    assert "order 7 shipped" in shown
+    bad = cli("send", "--channel", "webhook", "--to", HOOK, "--template", "shipped",
+              check=False)
+    assert bad.returncode == 1 and "template" in bad.stderr and "order" in bad.stderr
