@@ -6,10 +6,10 @@ endpoints are dead. A few thousand messages go through the real intake, the dura
 and the real worker; the summary shows what was delivered first time, after retries, through the
 backup gateway, and what failed with which cause and what to do about it.
 
-One message in ten is a newsletter to a contact. The pre-send gate lets through only readers who
-consented. It stops those who never did or have not confirmed yet, those who unsubscribe while
-their message waits in the queue, and sends beyond the daily cap. Each stopped message is
-recorded with the rule that stopped it.
+One message in ten is a newsletter to one of the readers (about two and a half each). The
+pre-send gate lets through only readers who consented. It stops those who never did or have
+not confirmed yet, those who unsubscribe while their message waits in the queue, and sends
+beyond the daily cap. Each stopped message is recorded with the rule that stopped it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def demo_config(primary: str, backup: str) -> Config:
     )
 
 
-READERS = 40
+def readers(n: int) -> int:
+    """About 2.5 newsletters per reader, whatever the run's size; the cap is 2 a day."""
+    return max(10, n // 25)
+
+
 #: reader k's consent to the newsletter: most granted, some never asked, some not confirmed,
 #: and some who unsubscribe while their newsletter waits in the queue.
 def reader_consent(k: int) -> str:
@@ -89,7 +93,7 @@ def messages(primary: str, n: int, rng: random.Random) -> list[dict[str, object]
         if i % 10 == 4:
             # newsletters: about three per reader, and the cap is two a day
             out.append({
-                "channel": "webhook", "contact": f"reader-{i // 10 % READERS}",
+                "channel": "webhook", "contact": f"reader-{i // 10 % readers(n)}",
                 "content": {"type": "newsletter", "issue": 42}, "topic": "news",
                 "priority": "bulk",
             })
@@ -142,12 +146,12 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
         store.migrate()
         app = App(settings=settings, store=store, config=demo_config(primary.http_url,
                                                                      backup.http_url))
-        _audience(app, primary.http_url)
+        _audience(app, primary.http_url, n)
         started = time.time()
         ids = _enqueue(app, messages(primary.http_url, n, random.Random(5)))
         console.print(f"Accepted {len(ids)} messages into the durable queue "
                       f"({db_url}) in {time.time() - started:.1f} s.")
-        _unsubscribe_some(app)
+        _unsubscribe_some(app, n)
         # The outage clock starts with delivery, so the outage lands in the middle of it.
         primary.set_profile(GATEWAY_A_FAULTS, "sms")
         asyncio.run(_deliver(app, len(ids), console))
@@ -159,7 +163,7 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
     return 0
 
 
-def _audience(app: App, primary: str) -> None:
+def _audience(app: App, primary: str, n: int) -> None:
     """Topics, and readers with their consent, as an app would have recorded them."""
     for name, what in (("orders", "order updates"), ("otp", "sign-in codes")):
         app.audience.put_topic(TopicIn(name=name, kind="transactional", description=what),
@@ -168,7 +172,7 @@ def _audience(app: App, primary: str) -> None:
                                    cap="2/1d"), actor="demo")
     people = [NormalContact(f"reader-{k}", None, "UTC", None, None, [{
         "channel": "webhook", "address": f"{primary}/hooks/reader-{k}", "platform": None,
-        "environment": None, "verified": True, "last_seen": None}]) for k in range(READERS)]
+        "environment": None, "verified": True, "last_seen": None}]) for k in range(readers(n))]
     ids = {r.external_id: r.id for r in app.audience.upsert(people, actor="demo")}
     now = time.time()
     app.audience.record_consent([
@@ -176,16 +180,16 @@ def _audience(app: App, primary: str) -> None:
                       "pending" if reader_consent(k) == "pending" else "granted",
                       "form", now - 86400, ip="203.0.113.7", proof=f"signup form {k}",
                       actor="demo")
-        for k in range(READERS) if reader_consent(k) != "never"])
+        for k in range(readers(n)) if reader_consent(k) != "never"])
 
 
-def _unsubscribe_some(app: App) -> None:
+def _unsubscribe_some(app: App, n: int) -> None:
     """Some readers click "unsubscribe" while their newsletter waits in the queue."""
     now = time.time()
     app.audience.record_consent([
         ConsentRecord(app.audience.resolve(f"reader-{k}"), "news", "webhook", "withdrawn",
                       "unsubscribe", now, actor="demo")
-        for k in range(READERS) if reader_consent(k) == "unsubscribes"])
+        for k in range(readers(n)) if reader_consent(k) == "unsubscribes"])
 
 
 def _enqueue(app: App, raw: list[dict[str, object]]) -> list[str]:
