@@ -317,9 +317,8 @@ class Intake:
         """A message naming a contact and an address: the address must be one of the
         contact's active ones, or the contact's consent would stand in for its holder's."""
         assert self.audience is not None
-        address = normalize_address(channel, to, guard=self.guard, field=field)
-        if memo is not None:
-            memo[(channel, to)] = address
+        # the normal form only: _target validates and resolves the address afterwards
+        address = normalize_address(channel, to, guard=self.guard, field=field, resolve=False)
         _, held = self.audience.active_addresses(contact_id, channel)
         if address not in held:
             raise InputError(field, f"is not an active {channel} address of that contact; "

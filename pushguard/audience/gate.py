@@ -27,6 +27,7 @@ from pushguard.audience.rules import AudiencePolicy, Cap, QuietHours, zone
 from pushguard.models import Failure
 from pushguard.states import State
 from pushguard.store.schema import audience_generation, topics
+from pushguard.views import rfc3339
 
 CHUNK = 500
 MAX_CACHE = 200_000
@@ -325,7 +326,7 @@ class Gate:
             if st is not None and st[0] == "withdrawn":
                 it.stop = Stop(State.SUPPRESSED, "NO_CONSENT", "consent",
                                f"contact {cid} withdrew consent to {topic} on {ch} "
-                               f"({st[1]}, {_iso(st[2])})")
+                               f"({st[1]}, {rfc3339(st[2])})")
                 return
         if any(st is not None and st[0] == "granted" for _, st in states):
             if it.contact_id is None:
@@ -348,7 +349,7 @@ class Gate:
         until = window.next_allowed(now, zone(tzname, self.policy.default_timezone))
         if until is not None:
             it.stop = Stop(State.DEFERRED, "POLICY_SUPPRESSED", "quiet_hours",
-                           f"quiet hours {window} in {tzname}; deferred to {_iso(until)}",
+                           f"quiet hours {window} in {tzname}; deferred to {rfc3339(until)}",
                            next_at=until)
 
     def _caps(self, conn: Connection, items: list[Item], rules: dict[str, TopicRule],
@@ -422,13 +423,6 @@ def _rows(conn: Connection, sql: str, values: Sequence[str], *,
         q = _param(conn, sql.replace("{ids}", ", ".join("?" * len(chunk))))
         out.extend(conn.exec_driver_sql(q, (*before, *chunk, *after)).all())
     return out
-
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def stop_failure(stop: Stop) -> Failure:
     """The failure recorded for a message the gate stopped."""

@@ -329,12 +329,6 @@ class Audience:
                 contact_addresses.c.channel == channel,
                 contact_addresses.c.address == address)).scalars())
 
-    def best_address(self, ref: str, channel: str) -> tuple[str, str]:
-        """``(contact id, address)``: the active address a message to ``ref`` on ``channel``
-        goes to: verified first, then the most recently seen."""
-        cid, found = self.active_addresses(ref, channel)
-        return cid, found[0]
-
     def active_addresses(self, ref: str, channel: str) -> tuple[str, list[str]]:
         """``(contact id, addresses)``: the contact's active addresses on ``channel``, best
         first (verified, then most recently seen); InputError when there is none."""

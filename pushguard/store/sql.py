@@ -69,6 +69,7 @@ from pushguard.store.schema import (
     messages,
     suppressions,
 )
+from pushguard.views import rfc3339
 
 _IN_CHUNK = 500
 
@@ -389,16 +390,7 @@ class SQLStore(Store):
             keys = ("channel", "address", "reason", "source", "created_at")
             conn.execute(self._insert_ignore(suppressions), [dict(zip(keys, row, strict=True))
                                                               for row in sups])
-            # the contacts' copies of those addresses stop being used too (fan-out, doctor)
-            conn.execute(
-                update(contact_addresses).where(
-                    contact_addresses.c.channel == bindparam("b_channel"),
-                    contact_addresses.c.address == bindparam("b_address"),
-                    contact_addresses.c.status == "active",
-                ).values(status="deactivated", status_reason=bindparam("b_reason"),
-                         status_evidence=bindparam("b_source"), updated_at=now),
-                [{"b_channel": ch, "b_address": a, "b_reason": r, "b_source": src}
-                 for ch, a, r, src, _ in sups])
+            _deactivate(conn, [(ch, a, r, src) for ch, a, r, src, _ in sups], now)
             bump(conn)
 
     def _keep_reregistered(self, conn: Connection, outcomes: Sequence[Outcome]) -> None:
@@ -412,8 +404,8 @@ class SQLStore(Store):
                 contact_addresses.c.address == address)).scalar()
             if seen is not None and seen > o.unregistered_at:
                 o.suppress = None
-                o.reason += (f"; token kept: registered again at {_iso(seen)}, after APNs "
-                             f"found it unregistered at {_iso(o.unregistered_at)}")
+                o.reason += (f"; token kept: registered again at {rfc3339(seen)}, after APNs "
+                             f"found it unregistered at {rfc3339(o.unregistered_at)}")
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -601,12 +593,7 @@ class SQLStore(Store):
                 "channel": channel, "address": row.to_addr, "reason": reason,
                 "source": source, "created_at": now,
             }]).rowcount
-            conn.execute(update(contact_addresses).where(
-                contact_addresses.c.channel == channel,
-                contact_addresses.c.address == row.to_addr,
-                contact_addresses.c.status == "active",
-            ).values(status="deactivated", status_reason=reason, status_evidence=source,
-                     updated_at=now))
+            _deactivate(conn, [(channel, row.to_addr, reason, source)], now)
             if added:
                 audit(conn, "receipt", "suppression.added", f"{channel}:{row.to_addr}",
                       {"reason": reason, "source": source}, now=now)
@@ -752,7 +739,16 @@ def audit(conn: Connection, actor: str, action: str, subject: str, detail: dict[
 
 
 
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _deactivate(conn: Connection, rows: Sequence[tuple[str, str, str, str]],
+                now: float) -> None:
+    """Deactivate contacts' copies of suppressed addresses ``(channel, address, reason,
+    evidence)``, so fan-out and the doctor stop using them too."""
+    conn.execute(
+        update(contact_addresses).where(
+            contact_addresses.c.channel == bindparam("b_channel"),
+            contact_addresses.c.address == bindparam("b_address"),
+            contact_addresses.c.status == "active",
+        ).values(status="deactivated", status_reason=bindparam("b_reason"),
+                 status_evidence=bindparam("b_source"), updated_at=now),
+        [{"b_channel": ch, "b_address": a, "b_reason": r, "b_source": src}
+         for ch, a, r, src in rows])
