@@ -264,6 +264,7 @@ class Intake:
             fallback=legs,
             contact_id=contact_id,
             confirm_within=item.confirm_within,
+            template=item.template.name if item.template is not None else None,
         )
         if item.confirm_within is not None and not legs:
             raise InputError(f("confirm_within"), "needs a fallback chain to fall back to")
@@ -277,7 +278,7 @@ class Intake:
                 send_at=msg.send_at, ttl=msg.ttl,
                 idempotency_key=f"{key}#device{i}" if key is not None else None,
                 fallback=legs, contact_id=contact_id, confirm_within=item.confirm_within,
-                fanout_of=msg.id,
+                fanout_of=msg.id, template=msg.template,
             )
             if key is not None:
                 one.request_hash = request_hash(one)

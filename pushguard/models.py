@@ -47,6 +47,11 @@ class NewMessage:
     confirm_within: int | None = None
     #: the message this one is a device copy of (fan-out)
     fanout_of: str | None = None
+    #: the campaign that sent it and the template it was rendered from
+    campaign_id: str | None = None
+    template: str | None = None
+    #: a provider to try last (a retry after it failed), or ``+name``: one to try first
+    avoid_provider: str | None = None
     id: str = field(default_factory=new_id)
 
 
@@ -57,7 +62,7 @@ def next_leg(parent_id: str, legs: list[dict[str, Any]], *, topic: str | None, p
     return NewMessage(
         channel=leg["channel"], to=leg["to"], content=dict(leg["content"]), topic=topic,
         priority=priority, ttl=max(60, ttl), fallback=rest, parent_id=parent_id,
-        contact_id=contact_id,
+        contact_id=contact_id, campaign_id=leg.get("campaign"), template=leg.get("template"),
     )
 
 

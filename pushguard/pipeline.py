@@ -23,7 +23,7 @@ from pushguard.models import Attempt, Failure, Job, Outcome, next_leg
 from pushguard.providers.base import Delivery, Provider
 from pushguard.ratelimit import TokenBucket
 from pushguard.retry import RetryPolicy, Verdict
-from pushguard.routing import Router
+from pushguard.routing import PREFER, Router
 from pushguard.states import State, can_move
 from pushguard.taxonomy import Action
 
@@ -178,7 +178,10 @@ class Pipeline:
             self.router.observe(provider.name, True, latency)
             self._latency(provider.name).observe(latency)
             via = f" via {provider.name}"
-            if job.avoid_provider and job.avoid_provider != provider.name:
+            if job.avoid_provider and job.avoid_provider.startswith(PREFER):
+                via += " (as asked)" if job.avoid_provider[1:] == provider.name \
+                    else f" ({job.avoid_provider[1:]} was asked for but unavailable)"
+            elif job.avoid_provider and job.avoid_provider != provider.name:
                 via += f" (failed over from {job.avoid_provider})"
             elif provider is not self.router.providers(job.channel)[0]:
                 skipped = self.router.passed_over(delivery, provider)
@@ -292,7 +295,7 @@ class Pipeline:
         return Outcome(
             job.id, _VERDICT_STATE[decision.verdict], decision.reason,
             attempt=attempt, next_at=decision.at, failure=failure, provider=provider_name,
-            avoid_provider=provider_name if failover else None,
+            avoid_provider=provider_name if failover else _preference(job),
             suppress=(job.channel, job.to, cause.name)
             if decision.verdict is Verdict.SUPPRESS
             or (decision.verdict is Verdict.SKIP and error.suppress) else None,
@@ -359,3 +362,9 @@ class Pipeline:
         if outcome.state.terminal:
             cause = outcome.failure.cause if outcome.failure else ""
             m.finished.labels(job.channel, outcome.state.value, cause).inc()
+
+
+def _preference(job: Job) -> str | None:
+    """A provider the message asked for first is asked for again on its next attempt."""
+    a = job.avoid_provider
+    return a if a is not None and a.startswith(PREFER) else None

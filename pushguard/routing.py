@@ -31,6 +31,10 @@ SLOW_FLOOR = 0.5
 PROBE_EVERY = 10
 
 
+#: an ``avoid_provider`` starting with this names the provider to try first instead
+PREFER = "+"
+
+
 @dataclass
 class Health:
     """Moving averages of one provider's recent calls."""
@@ -112,6 +116,9 @@ class Router:
                 ps = sorted(ps, key=lambda p: self.unhealthy(channel, p) is not None)
         if avoid is None:
             return ps
+        if avoid.startswith(PREFER):  # "+name": that provider first (a retry through it)
+            first = avoid[len(PREFER):]
+            return [p for p in ps if p.name == first] + [p for p in ps if p.name != first]
         return [p for p in ps if p.name != avoid] + [p for p in ps if p.name == avoid]
 
     def choose(

@@ -81,6 +81,9 @@ def message_row(
         "contact_id": m.contact_id,
         "confirm_within": m.confirm_within,
         "fanout_of": m.fanout_of,
+        "campaign_id": m.campaign_id,
+        "template": m.template,
+        "avoid_provider": m.avoid_provider,
     }
 
 

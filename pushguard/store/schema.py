@@ -65,6 +65,9 @@ messages = Table(
     #: a copy of a message to another device of the same contact: frequency caps count the
     #: copies of one push once
     Column("fanout_of", String(40)),
+    #: the campaign that sent it, and the template it was rendered from (analytics, reports)
+    Column("campaign_id", String(40)),
+    Column("template", String(128)),
     UniqueConstraint("idem_scope", "idem_key", name="uq_messages_idem"),
 )
 #: states whose messages wait for a worker; the partial index below holds only these rows, so
@@ -93,6 +96,10 @@ Index("ix_messages_parent", messages.c.parent_id)
 Index("ix_messages_contact", messages.c.contact_id)
 #: only messages waiting for a confirmation, for the sweep
 _WAITING = text("confirm_by IS NOT NULL")
+#: a campaign's messages by state (progress, auto-pause, retry); API messages are not in it
+_CAMPAIGN = text("campaign_id IS NOT NULL")
+Index("ix_messages_campaign", messages.c.campaign_id, messages.c.state,
+      sqlite_where=_CAMPAIGN, postgresql_where=_CAMPAIGN)
 Index("ix_messages_confirm", messages.c.confirm_by, sqlite_where=_WAITING,
       postgresql_where=_WAITING)
 
@@ -347,3 +354,72 @@ template_versions = Table(
 )
 Index("ix_template_versions_locale", template_versions.c.template_id,
       template_versions.c.locale, template_versions.c.version)
+
+
+# -- campaigns --------------------------------------------------------------------------------
+# Segments, campaigns and each campaign's recipients (pushguard/campaigns/).
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    #: the filter as JSON (pushguard.campaigns.segments.Filter)
+    Column("filter", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    #: draft | scheduled | sending | paused | completed | cancelled
+    Column("state", String(16), nullable=False),
+    #: what to send, to whom, when and how fast, as JSON (CampaignIn)
+    Column("spec", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    #: why it is paused (a person, or the auto-pause rule with the failure rate)
+    Column("paused_reason", Text),
+    #: when it was paused: resuming moves held messages' deadlines by the pause's length
+    Column("paused_at", Float),
+    #: the blocking pre-flight findings someone chose to send despite: who, when, why, what
+    Column("override", Text),
+    #: the last pre-flight report's summary (JSON)
+    Column("preflight", Text),
+    #: recipients snapshotted from the segment when sending started
+    Column("recipients", Integer, nullable=False, default=0),
+    #: 0 for the first send; each "retry the failed" is a new round
+    Column("round", Integer, nullable=False, default=0),
+    #: the runner that fans it out holds it until lease_until (one runner per campaign)
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+)
+
+campaign_recipients = Table(
+    "campaign_recipients",
+    metadata,
+    Column("campaign_id", String(40), primary_key=True),
+    Column("contact_id", String(40), primary_key=True),
+    #: the order recipients are sent in (throttle slots count along it)
+    Column("seq", Integer, nullable=False),
+    #: earliest time its message may be enqueued (a local-time schedule, a throttle slot)
+    Column("due_at", Float, nullable=False),
+    #: pending | enqueued | skipped
+    Column("state", String(16), nullable=False),
+    Column("round", Integer, nullable=False, default=0),
+    Column("channel", String(16)),
+    Column("message_id", String(40)),
+    #: the experiment variant it was assigned
+    Column("variant", String(64)),
+    #: why it was skipped (no address on any channel, a template that cannot render...)
+    Column("detail", Text),
+)
+Index("ix_campaign_recipients_due", campaign_recipients.c.campaign_id,
+      campaign_recipients.c.state, campaign_recipients.c.due_at)
