@@ -17,6 +17,7 @@ from pushguard.audience.links import Links, link_keys
 from pushguard.audience.service import Audience
 from pushguard.circuit import BreakerState
 from pushguard.config import Config
+from pushguard.duties import run_duties
 
 if TYPE_CHECKING:
     from pushguard.templates.service import Templates
@@ -136,9 +137,12 @@ async def run_worker(app: App, stop: asyncio.Event, **overrides: float) -> Worke
     for p in providers.values():
         await p.start()
     worker = app.build_worker(providers, **overrides)
+    duties = asyncio.create_task(run_duties(app, stop))
     try:
         await worker.run(stop)
+        await duties
     finally:
+        duties.cancel()
         for p in providers.values():
             await p.close()
     return worker

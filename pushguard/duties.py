@@ -1,0 +1,55 @@
+"""Periodic duties a worker process runs beside delivery: fanning campaigns out, evaluating
+alerts. Each runs in a thread (they do database work), one at a time per duty, and a duty that
+raises is logged and tried again on its next tick: it never stops delivery.
+
+A duty is registered in :data:`DUTIES` as ``(name, interval seconds, factory)``; the factory
+gets the :class:`~pushguard.app.App` and returns the callable run on each tick (or None when
+the duty has nothing to do in this configuration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from pushguard.app import App
+
+log = structlog.get_logger("pushguard.duties")
+
+Tick = Callable[[], object]
+Factory = Callable[["App"], Tick | None]
+
+
+def _campaigns(app: App) -> Tick | None:
+    from pushguard.campaigns.runner import runner_tick
+
+    return runner_tick(app)
+
+
+DUTIES: list[tuple[str, float, Factory]] = [
+    ("campaigns", 1.0, _campaigns),
+]
+
+
+async def run_duties(app: App, stop: asyncio.Event) -> None:
+    """Run every duty on its interval until ``stop`` is set."""
+    ticks = [(name, every, fn) for name, every, make in DUTIES
+             if (fn := make(app)) is not None]
+    if not ticks:
+        return
+    await asyncio.gather(*(_loop(name, every, fn, stop) for name, every, fn in ticks))
+
+
+async def _loop(name: str, every: float, fn: Tick, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(fn)
+        except Exception as exc:  # a duty's bug must not stop delivery
+            log.error("duty_failed", duty=name, error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
