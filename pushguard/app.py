@@ -7,6 +7,8 @@ one with their own store or configuration. Nothing here is global.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ from pushguard.config import Config
 from pushguard.duties import run_duties
 
 if TYPE_CHECKING:
+    from pushguard.campaigns.service import Campaigns
     from pushguard.templates.service import Templates
 from pushguard.exceptions import ConfigError
 from pushguard.intake import Intake
@@ -45,6 +48,12 @@ class App:
     guard: OutboundGuard = field(init=False)
     intake: Intake = field(init=False)
     audience: Audience = field(init=False)
+    #: breaker transitions not yet written down: (at, key, old, new); the alerts duty
+    #: writes them to circuit_events so every process sees them
+    circuit_log: deque[tuple[float, str, str, str]] = field(
+        default_factory=lambda: deque(maxlen=10_000), init=False, repr=False)
+    #: the routers this app built: the holds duty applies provider holds to them
+    routers: list[Router] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.guard = OutboundGuard.from_env(self.settings.outbound_allow)
@@ -55,6 +64,7 @@ class App:
                              audience=self.audience)
         self._links: Links | None = None
         self._templates: Templates | None = None
+        self._campaigns: Campaigns | None = None
         self.intake.templates = lambda: self.templates
 
     @property
@@ -65,6 +75,15 @@ class App:
 
             self._templates = Templates.over(self.store, self.guard)
         return self._templates
+
+    @property
+    def campaigns(self) -> Campaigns:
+        """The campaign service (NotFound without the SQL store)."""
+        if self._campaigns is None:
+            from pushguard.campaigns.service import Campaigns
+
+            self._campaigns = Campaigns(self)
+        return self._campaigns
 
     @property
     def links(self) -> Links:
@@ -98,12 +117,14 @@ class App:
         def on_change(key: str, old: BreakerState, new: BreakerState) -> None:
             self.metrics.breaker.labels(key).set(0 if new is BreakerState.CLOSED else 1)
             log.warning("circuit_changed", key=key, old=old.value, new=new.value)
+            self.circuit_log.append((time.time(), key, old.value, new.value))
 
         router = Router(
             {ch: [providers[n] for n in names] for ch, names in self.config.channels.items()},
             self.config.breaker,
             on_change=on_change,
         )
+        self.routers.append(router)
         r = self.config.retry
         policy = RetryPolicy(base=r.base, cap=r.cap, retry_after_cap=r.retry_after_cap)
         return Pipeline(router, policy, metrics=self.metrics, links=self.links_or_none())

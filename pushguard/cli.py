@@ -283,14 +283,25 @@ def status(
 @cli.command()
 @handles_errors
 def why(
-    message_id: str,
+    message_id: Annotated[str | None, typer.Argument(help="a message id")] = None,
+    contact: Annotated[str | None, typer.Option(help="a contact id or external id: why "
+                                                     "has it received nothing?")] = None,
+    campaign: Annotated[str | None, typer.Option(help="a campaign id or name")] = None,
+    days: Annotated[int, typer.Option(help="with --contact: days to look back")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Tell the story of a message in plain words, and what to do about it."""
-    from pushguard.explain import as_text, explain
+    """Tell the story of a message, a contact or a campaign in plain words, and what to do."""
+    from pushguard import cli_diagnosis
 
-    story = explain(find_message(message_id))
-    print(json.dumps(story, indent=2) if as_json else as_text(story))
+    given = [x for x in (message_id, contact, campaign) if x is not None]
+    if len(given) != 1:
+        raise InputError("ID", "give exactly one of a message ID, --contact or --campaign")
+    if contact is not None:
+        cli_diagnosis.why_contact(contact, days, as_json)
+    elif campaign is not None:
+        cli_diagnosis.why_campaign(campaign, as_json)
+    else:
+        cli_diagnosis.why_message(str(message_id), as_json)
 
 
 @cli.command("messages")
@@ -443,7 +454,16 @@ def _when(ts: object) -> str:
 
 # -- audience (its own modules; registered here so `pushguard --help` lists them) -----------
 def _register_audience() -> None:
-    from pushguard import cli_audience, cli_data, cli_optin, cli_templates
+    from pushguard import (
+        cli_alerts,
+        cli_audience,
+        cli_campaigns,
+        cli_data,
+        cli_diagnosis,
+        cli_optin,
+        cli_reports,
+        cli_templates,
+    )
 
     contacts: typer.Typer = cli_audience.contacts_cli
     cli.add_typer(contacts, name="contacts")
@@ -451,6 +471,13 @@ def _register_audience() -> None:
     cli.add_typer(cli_audience.consent_cli, name="consent")
     cli.add_typer(cli_data.doctor_cli, name="doctor")
     cli.add_typer(cli_templates.templates_cli, name="template")
+    cli.add_typer(cli_alerts.alerts_cli, name="alerts")
+    cli.add_typer(cli_alerts.incidents_cli, name="incidents")
+    cli.add_typer(cli_alerts.providers_cli, name="providers")
+    cli.add_typer(cli_campaigns.segments_cli, name="segments")
+    cli.add_typer(cli_campaigns.campaign_cli, name="campaign")
+    cli_diagnosis.register(cli)
+    cli.add_typer(cli_reports.report_cli, name="report")
     for name, fn in (("import", getattr(cli_data, "import_contacts", None)),
                      ("subscribe", getattr(cli_optin, "subscribe", None))):
         if fn is not None:

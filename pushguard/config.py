@@ -12,6 +12,7 @@ Example::
     timeout = 10
     rate = 50            # messages per second
     concurrency = 100
+    cost = 0.0075        # per message, for campaign dry-run estimates (optional)
 
     [retry]
     base = 1.0           # seconds; full-jitter exponential back-off
@@ -44,6 +45,8 @@ class ProviderConfig:
     timeout: float = 15.0
     rate: float | None = None
     concurrency: int = 100
+    #: what one message costs through this provider (any currency), for dry-run estimates
+    cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,65 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class AlertRule:
+    """One alert rule: thresholds (a rate as a fraction, a count, or seconds), the sliding
+    window in seconds, and the smallest sample worth judging (pushguard/diagnosis/rules.py)."""
+
+    name: str
+    warn: float
+    critical: float
+    window: float = 300.0
+    min_sample: int = 20
+    enabled: bool = True
+    #: also fire when the rate is this many times its own baseline (0: off)
+    baseline_factor: float = 0.0
+    baseline_window: float = 86400.0
+    #: automatic actions at action_severity: pause_campaign, failover (off by default)
+    actions: tuple[str, ...] = ()
+    #: how long a failover action holds the provider
+    hold_for: float = 600.0
+    #: seconds between two evaluations of this rule in one worker (costly windows run less)
+    every: float = 0.0
+
+
+#: the rules and their defaults; ``[alerts.<rule>]`` overrides any field
+ALERT_RULES: dict[str, AlertRule] = {r.name: r for r in (
+    AlertRule("failure_rate", 0.10, 0.25, baseline_factor=3.0),
+    AlertRule("circuit_open", 1, 5, min_sample=1),
+    AlertRule("complaint_rate", 0.001, 0.003, window=86400, min_sample=500, every=300),
+    AlertRule("bounce_rate", 0.02, 0.05, window=86400, min_sample=200, every=300),
+    AlertRule("queue_depth", 10_000, 100_000, min_sample=0),
+    AlertRule("queue_age", 60, 600, min_sample=0),
+    AlertRule("unknown_cause", 1, 20, window=900, min_sample=1),
+    AlertRule("credentials", 1, 3, min_sample=1),
+)}
+ALERT_ACTIONS = ("pause_campaign", "failover")
+SEVERITIES = ("warn", "critical")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    channel: str
+    to: str
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    enabled: bool = True
+    #: seconds between evaluations in each worker
+    every: float = 15.0
+    #: the condition must stay clear this long before an alert resolves (hysteresis)
+    resolve_after: float = 120.0
+    #: ...and a rate must fall below warn x clear_ratio to count as clear
+    clear_ratio: float = 0.8
+    incident_severity: str = "warn"
+    action_severity: str = "critical"
+    notify_resolved: bool = True
+    notify: tuple[NotifyTarget, ...] = ()
+    rules: Mapping[str, AlertRule] = field(default_factory=lambda: dict(ALERT_RULES))
+
+
+@dataclass(frozen=True)
 class Config:
     channels: Mapping[str, tuple[str, ...]]
     providers: Mapping[str, ProviderConfig]
@@ -71,6 +133,7 @@ class Config:
     breaker: BreakerConfig = BreakerConfig()
     audience: AudiencePolicy = AudiencePolicy()
     source: str = "<defaults>"
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def providers_for(self, channel: str) -> list[ProviderConfig]:
         return [self.providers[name] for name in self.channels.get(channel, ())]
@@ -131,12 +194,12 @@ def _load(settings: Settings) -> tuple[Config, list[ConfigError]]:
     return _parse(data, str(path))
 
 
-_PROVIDER_KEYS = {"type", "timeout", "rate", "concurrency"}
+_PROVIDER_KEYS = {"type", "timeout", "rate", "concurrency", "cost"}
 
 
 def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigError]]:
     problems: list[ConfigError] = []
-    known = {"channels", "providers", "retry", "breaker", "audience"}
+    known = {"channels", "providers", "retry", "breaker", "audience", "alerts"}
     for key in data:
         if key not in known:
             problems.append(ConfigError(f"unknown section [{key}]", location=f"{source}:{key}"))
@@ -159,6 +222,7 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
                 timeout=_num(raw, "timeout", 15.0, loc, minimum=0.1),
                 rate=_number(raw, "rate", None, loc, minimum=0.001),
                 concurrency=int(_num(raw, "concurrency", 100, loc, minimum=1)),
+                cost=_number(raw, "cost", None, loc, minimum=0.0),
             )
         except ConfigError as exc:
             problems.append(exc)
@@ -210,7 +274,108 @@ def _parse(data: Mapping[str, Any], source: str) -> tuple[Config, list[ConfigErr
     audience = AudiencePolicy()
     if "audience" in data:
         audience = _audience(data["audience"], f"{source}:audience", problems)
-    return Config(channels, providers, retry, breaker, audience, source), problems
+    alerts = AlertsConfig()
+    if "alerts" in data:
+        alerts = _alerts(data["alerts"], f"{source}:alerts", channels, problems)
+    return Config(channels, providers, retry, breaker, audience, source, alerts), problems
+
+
+_ALERTS_KEYS = {"enabled", "every", "resolve_after", "clear_ratio", "incident_severity",
+                "action_severity", "notify_resolved", "notify"}
+_RULE_KEYS = {"enabled", "warn", "critical", "window", "min_sample", "baseline_factor",
+              "baseline_window", "actions", "hold_for", "every"}
+
+
+def _alerts(raw: Any, loc: str, channels: Mapping[str, tuple[str, ...]],
+            problems: list[ConfigError]) -> AlertsConfig:
+    if not isinstance(raw, Mapping):
+        problems.append(ConfigError("must be a table", location=loc))
+        return AlertsConfig()
+    values: dict[str, Any] = {}
+    rules = dict(ALERT_RULES)
+    for key, value in raw.items():
+        at = f"{loc}.{key}"
+        if key in ALERT_RULES:
+            rules[key] = _alert_rule(ALERT_RULES[key], value, at, problems)
+        elif key not in _ALERTS_KEYS:
+            problems.append(ConfigError(
+                f"unknown key {key!r}; known: {', '.join(sorted(_ALERTS_KEYS))} or a rule: "
+                f"{', '.join(ALERT_RULES)}", location=at))
+        elif key in ("enabled", "notify_resolved"):
+            if not isinstance(value, bool):
+                problems.append(ConfigError("must be true or false", location=at))
+            values[key] = bool(value)
+        elif key in ("incident_severity", "action_severity"):
+            if value not in SEVERITIES:
+                problems.append(ConfigError(f"must be one of: {', '.join(SEVERITIES)}",
+                                            location=at))
+            else:
+                values[key] = value
+        elif key == "notify":
+            values[key] = tuple(_notify_targets(value, at, channels, problems))
+    try:
+        values["every"] = _num(raw, "every", 15.0, loc, minimum=0.1)
+        values["resolve_after"] = _num(raw, "resolve_after", 120.0, loc, minimum=0.0)
+        values["clear_ratio"] = _num(raw, "clear_ratio", 0.8, loc, minimum=0.0)
+    except ConfigError as exc:
+        problems.append(exc)
+    return AlertsConfig(rules=rules, **values)
+
+
+def _alert_rule(rule: AlertRule, raw: Any, loc: str, problems: list[ConfigError]) -> AlertRule:
+    if not isinstance(raw, Mapping):
+        problems.append(ConfigError("must be a table", location=loc))
+        return rule
+    for key in raw:
+        if key not in _RULE_KEYS:
+            problems.append(ConfigError(f"unknown key {key!r}; known: "
+                                        f"{', '.join(sorted(_RULE_KEYS))}",
+                                        location=f"{loc}.{key}"))
+    try:
+        values: dict[str, Any] = {
+            k: _num(raw, k, getattr(rule, k), loc, minimum=0.0)
+            for k in ("warn", "critical", "window", "baseline_factor", "baseline_window",
+                      "hold_for", "every")}
+        values["min_sample"] = int(_num(raw, "min_sample", rule.min_sample, loc, minimum=0))
+    except ConfigError as exc:
+        problems.append(exc)
+        return rule
+    if values["critical"] < values["warn"]:
+        problems.append(ConfigError("'critical' must be at least 'warn'",
+                                    location=f"{loc}.critical"))
+    if values["window"] < 1:
+        problems.append(ConfigError("'window' must be at least 1 second",
+                                    location=f"{loc}.window"))
+    enabled = raw.get("enabled", rule.enabled)
+    if not isinstance(enabled, bool):
+        problems.append(ConfigError("must be true or false", location=f"{loc}.enabled"))
+    actions = raw.get("actions", list(rule.actions))
+    if not isinstance(actions, list) or not all(a in ALERT_ACTIONS for a in actions):
+        problems.append(ConfigError(f"must be a list of: {', '.join(ALERT_ACTIONS)}",
+                                    location=f"{loc}.actions"))
+        actions = []
+    return AlertRule(rule.name, enabled=bool(enabled), actions=tuple(actions), **values)
+
+
+def _notify_targets(raw: Any, loc: str, channels: Mapping[str, tuple[str, ...]],
+                    problems: list[ConfigError]) -> list[NotifyTarget]:
+    if not isinstance(raw, list):
+        problems.append(ConfigError("must be a list of {channel, to} tables", location=loc))
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        at = f"{loc}[{i}]"
+        if not isinstance(item, Mapping) or set(item) != {"channel", "to"} \
+                or not all(isinstance(v, str) and v.strip() for v in item.values()):
+            problems.append(ConfigError("must be {channel = \"...\", to = \"...\"}",
+                                        location=at))
+        elif item["channel"] not in channels:
+            problems.append(ConfigError(
+                f"channel {item['channel']!r} has no providers; configured: "
+                f"{', '.join(sorted(channels))}", location=f"{at}.channel"))
+        else:
+            out.append(NotifyTarget(item["channel"], item["to"].strip()))
+    return out
 
 
 _AUDIENCE_KEYS = {"quiet_hours", "default_timezone", "marketing_cap", "confirm_ttl",

@@ -31,8 +31,22 @@ def _campaigns(app: App) -> Tick | None:
     return runner_tick(app)
 
 
+def _alerts(app: App) -> Tick | None:
+    from pushguard.diagnosis.alerts import alerts_tick
+
+    return alerts_tick(app)
+
+
+def _holds(app: App) -> Tick | None:
+    from pushguard.diagnosis.holds import holds_tick
+
+    return holds_tick(app)
+
+
 DUTIES: list[tuple[str, float, Factory]] = [
     ("campaigns", 1.0, _campaigns),
+    ("alerts", 1.0, _alerts),
+    ("holds", 2.0, _holds),
 ]
 
 

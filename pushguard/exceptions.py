@@ -13,6 +13,8 @@
     ├── AuthError                    missing or wrong API key
     ├── RateLimited                  this API key sends faster than its limit
     ├── NotFound                     no such object
+    ├── Conflict                     the object is not in a state that allows this
+    │   └── Blocked                  a campaign's pre-flight found blocking problems
     └── DeliveryError                a provider did not take a message (see `taxonomy.Cause`)
 
 A provider's ``send`` returns a receipt or raises :class:`DeliveryError`; the pipeline decides
@@ -104,6 +106,19 @@ class RateLimited(PushguardError):
 
 class NotFound(PushguardError):
     """No such object."""
+
+
+class Conflict(PushguardError):
+    """The object is not in a state that allows this."""
+
+
+class Blocked(Conflict):
+    """The pre-flight check found problems that block sending; fix them, or override with a
+    reason (the override is recorded)."""
+
+    def __init__(self, message: str, findings: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.findings = findings
 
 
 class DeliveryError(PushguardError):

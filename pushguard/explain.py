@@ -1,10 +1,13 @@
 """The story of one message in plain words: what happened, the verdict, and what to do.
 
-Used by ``pushguard why`` and ``GET /v1/messages/{id}/explain``.
+Used by ``pushguard why`` and ``GET /v1/messages/{id}/explain``. The lessons operators left on
+the message's causes, providers and template (:mod:`pushguard.diagnosis.lessons`) come with it,
+so what was learned the last time is read where it is needed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +21,9 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
-def explain(view: MessageView) -> dict[str, Any]:
-    """A structured explanation: ``verdict``, ``summary``, ``steps``, ``fix``."""
+def explain(view: MessageView, lessons: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A structured explanation: ``verdict``, ``summary``, ``steps``, ``fix``, and the
+    ``lessons`` given (JSON, from :meth:`Lessons.for_message`)."""
     steps: list[tuple[float, str]] = []
     for t in view.history:
         if t.src == State.ACCEPTED.value:
@@ -104,6 +108,7 @@ def explain(view: MessageView) -> dict[str, Any]:
         "retries": retries,
         "providers": providers_used,
         "steps": [f"{_clock(at)} {text}" for at, text in steps],
+        "lessons": list(lessons),
     }
 
 
@@ -111,6 +116,11 @@ def as_text(story: dict[str, Any]) -> str:
     lines = [f"Message {story['id']}: {story['verdict'].upper()}", "", story["summary"]]
     if story["fix"]:
         lines += ["", f"What to do: {story['fix']}"]
+    if story.get("lessons"):
+        from pushguard.diagnosis.lessons import as_lines
+
+        lines += ["", "Lessons from earlier failures of this kind:"]
+        lines += as_lines(story["lessons"])
     lines += ["", "What happened:"]
     lines += [f"  {s}" for s in story["steps"]]
     return "\n".join(lines)

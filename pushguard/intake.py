@@ -60,11 +60,6 @@ class TemplateRef(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict, description="the template's `data`")
 
 
-#: which template channel serves each message channel
-TEMPLATE_CHANNEL = {"email": "email", "sms": "sms", "fcm": "push", "apns": "push",
-                    "webpush": "push", "webhook": "webhook"}
-
-
 class MessageIn(BaseModel):
     """One message as a client sends it."""
 
@@ -289,7 +284,7 @@ class Intake:
                 field: str) -> dict[str, Any]:
         """Render a template into this channel's content (at intake: a template that cannot
         render for this contact is refused now, naming the problem)."""
-        from pushguard.templates.content import push_content
+        from pushguard.templates.content import TEMPLATE_CHANNEL, message_content
         from pushguard.templates.errors import TemplateError
 
         if self.templates is None:
@@ -307,11 +302,7 @@ class Intake:
         if got["channel"] != wanted:
             raise InputError(field + ".name", f"{ref.name!r} is a {got['channel']} template; "
                              f"a {channel} message needs a {wanted} one")
-        content: dict[str, Any] = got["content"]
-        if wanted == "webhook":  # a webhook template holds the JSON to send under "json"
-            body = content.get("json")
-            return body if isinstance(body, dict) else {}
-        return push_content(content, channel) if wanted == "push" else content
+        return message_content(got["content"], channel)
 
     def _held_by(self, contact_id: str, channel: str, to: str, field: str,
                  memo: dict[tuple[str, str], str] | None) -> str:
@@ -328,9 +319,11 @@ class Intake:
 
     def _target(
         self, channel: str, to: str, content: dict[str, Any], prefix: str,
-        memo: dict[tuple[str, str], str] | None = None,
+        memo: dict[tuple[str, str], str] | None = None, *, stored: bool = False,
     ) -> str:
-        """Check one channel + address + content; returns the normalised address."""
+        """Check one channel + address + content; returns the normalised address.
+        ``stored``: the address is a contact's, normalised when it was written (a campaign's
+        fan-out), so only the content is checked."""
         if channel not in CHANNELS:
             raise InputError(
                 prefix + "channel",
@@ -342,7 +335,7 @@ class Intake:
                 f"no provider is configured for channel {channel!r} "
                 f"(configured: {', '.join(sorted(self.config.channels))})",
             )
-        address = memo.get((channel, to)) if memo is not None else None
+        address = to if stored else (memo.get((channel, to)) if memo is not None else None)
         if address is None:
             address = normalize_address(channel, to, guard=self.guard, field=prefix + "to")
             if channel == "email" and self.mail_domains is not None:

@@ -3,7 +3,7 @@ and several apps in one process never share counters."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -38,6 +38,23 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily(
             "pushguard_suppressions", "Addresses on suppression lists", value=stats.suppressions
         )
+
+
+class _AlertsCollector(Collector):
+    """Open alerts and incidents read from the database at scrape time (any process may have
+    raised them)."""
+
+    def __init__(self, counts: Callable[[], tuple[dict[tuple[str, str], int], int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        alerts, incidents = self.counts()
+        open_alerts = GaugeMetricFamily("pushguard_alerts_open", "Open alerts",
+                                        labels=["rule", "severity"])
+        for (rule, severity), n in sorted(alerts.items()):
+            open_alerts.add_metric([rule, severity], n)
+        yield open_alerts
+        yield GaugeMetricFamily("pushguard_incidents_open", "Open incidents", value=incidents)
 
 
 class Metrics:
@@ -86,6 +103,14 @@ class Metrics:
             "pushguard_circuit_open", "1 when a provider's circuit is open or half-open",
             ["key"], registry=r,
         )
+
+    def watch_alerts(
+        self, counts: Callable[[], tuple[dict[tuple[str, str], int], int]]
+    ) -> None:
+        """Export open alerts by rule and severity, and open incidents (once per registry)."""
+        if not getattr(self, "_alerts_watched", False):
+            self.registry.register(_AlertsCollector(counts))
+            self._alerts_watched = True
 
     def watch_queue(self, store: Store) -> None:
         self.registry.register(_QueueCollector(store))

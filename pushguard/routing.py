@@ -73,7 +73,23 @@ class Router:
         self.on_change = on_change
         self.breakers: dict[str, Breaker] = {}
         self.health: dict[str, Health] = {}
+        #: provider -> wall-clock time before which it takes no message (see hold())
+        self.holds: dict[str, float] = {}
         self._choices = 0
+
+    def hold(self, provider: str, until: float) -> None:
+        """Send nothing through ``provider`` before ``until`` (``time.time()``; a past time lifts
+        the hold). A hold is decided outside this process (a person, an alert's failover) and
+        applied by every worker; unlike an open circuit it lets no probe through."""
+        if until > time.time():
+            self.holds[provider] = until
+        else:
+            self.holds.pop(provider, None)
+
+    def held(self, provider: str) -> float:
+        """Seconds left on ``provider``'s hold (0 when it is not held)."""
+        until = self.holds.get(provider)
+        return max(0.0, until - time.time()) if until is not None else 0.0
 
     def observe(self, provider: str, ok: bool, latency: float | None = None) -> None:
         """Record one call's outcome for the provider's health (a failure that says nothing
@@ -125,6 +141,8 @@ class Router:
         self, delivery: Delivery, avoid: str | None = None
     ) -> tuple[Provider, Breaker] | None:
         for p in self._ordered(delivery.channel, avoid):
+            if self.holds and self.held(p.name):
+                continue
             b = self.breaker(p.breaker_key(delivery))
             if b.allow():
                 return p, b
@@ -145,7 +163,8 @@ class Router:
 
     def can_fail_over(self, delivery: Delivery, current: Provider) -> bool:
         return any(
-            p is not current and self.breaker(p.breaker_key(delivery)).available()
+            p is not current and not self.held(p.name)
+            and self.breaker(p.breaker_key(delivery)).available()
             for p in self.providers(delivery.channel)
         )
 
@@ -153,7 +172,8 @@ class Router:
         """How long until some provider of the channel may take this message."""
         now = self.clock()
         waits = [
-            max(0.0, self.breaker(p.breaker_key(delivery)).reopens_at() - now)
+            max(0.0, self.breaker(p.breaker_key(delivery)).reopens_at() - now,
+                self.held(p.name))
             for p in self.providers(delivery.channel)
         ]
         return min(waits) if waits else 60.0

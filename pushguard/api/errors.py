@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pushguard.exceptions import (
     AuthError,
+    Blocked,
+    Conflict,
     IdempotencyConflict,
     InputError,
     NotFound,
@@ -31,6 +33,8 @@ STATUS: list[tuple[type[PushguardError], int, str]] = [
     (AuthError, 401, "unauthorized"),
     (RateLimited, 429, "rate_limited"),
     (NotFound, 404, "not_found"),
+    (Blocked, 409, "blocked_by_preflight"),
+    (Conflict, 409, "conflict"),
     (StoreError, 503, "store_unavailable"),
     (PushguardError, 500, "internal_error"),
 ]
@@ -49,7 +53,10 @@ def describe(exc: PushguardError) -> tuple[int, dict[str, Any]]:
     for cls, status, kind in STATUS:
         if isinstance(exc, cls):
             fields = [exc.as_dict()] if isinstance(exc, InputError) else None
-            return status, error_body(kind, str(exc), fields)
+            body = error_body(kind, str(exc), fields)
+            if isinstance(exc, Blocked):
+                body["error"]["findings"] = exc.findings
+            return status, body
     raise AssertionError("unreachable")
 
 
@@ -68,7 +75,8 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         ctype = request.headers.get("content-type", "")
-        if request.method == "POST" and "json" not in ctype.lower():
+        about_body = any((e.get("loc") or ("",))[0] == "body" for e in errors)
+        if request.method == "POST" and about_body and "json" not in ctype.lower():
             return JSONResponse(
                 error_body("unsupported_media_type", "send the body as JSON with "
                            "Content-Type: application/json",

@@ -18,12 +18,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pushguard import taxonomy
 from pushguard.api import errors
+from pushguard.api.alerts import alerts_router
 from pushguard.api.audience import audience_router
 from pushguard.api.auth import Auth
+from pushguard.api.campaigns import campaigns_router
 from pushguard.api.data import data_router
+from pushguard.api.diagnosis import diagnosis_router
 from pushguard.api.inbound import inbound_router
 from pushguard.api.public import public_router
 from pushguard.api.receipts import receipts_router
+from pushguard.api.reports import reports_router
 from pushguard.api.templates import templates_router
 from pushguard.app import App
 from pushguard.exceptions import (
@@ -31,7 +35,6 @@ from pushguard.exceptions import (
     InputError,
     NotFound,
 )
-from pushguard.explain import explain
 from pushguard.intake import MessageIn
 from pushguard.models import Accepted, MessageView
 from pushguard.ratelimit import KeyedLimiter
@@ -143,6 +146,10 @@ def create_api(app: App) -> FastAPI:
     api.include_router(inbound_router(app))
     api.include_router(data_router(app))
     api.include_router(templates_router(app))
+    api.include_router(alerts_router(app))
+    api.include_router(campaigns_router(app))
+    api.include_router(diagnosis_router(app))
+    api.include_router(reports_router(app))
     store = app.store
 
     def accepted_json(result: Accepted) -> dict[str, Any]:
@@ -235,11 +242,6 @@ def create_api(app: App) -> FastAPI:
     def get_message(message_id: str, _: Auth) -> dict[str, Any]:
         """Everything known about one message: state, attempts, history, failure and fix."""
         return message_json(find(message_id))
-
-    @api.get("/v1/messages/{message_id}/explain")
-    def explain_message(message_id: str, _: Auth) -> dict[str, Any]:
-        """The story of one message in plain words, with the verdict and what to do."""
-        return explain(find(message_id))
 
     @api.get("/v1/messages")
     def list_messages(

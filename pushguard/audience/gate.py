@@ -41,6 +41,10 @@ CONSENT_CHANNELS = ("email", "sms", "push", "webpush", "chat", "webhook")
 MARKETING_ONLY_REASONS = frozenset({"unsubscribe"})
 
 
+#: words of the consent rule's details that tell its cases apart (the pre-flight counts them)
+UNCONFIRMED = "has not confirmed"
+WITHDREW = "withdrew consent"
+
 #: what to do about a message each rule stopped (the taxonomy's fix, made specific).
 RULE_FIX = {
     "suppression": "Nothing to retry. If the address was suppressed by mistake, remove it with "
@@ -325,7 +329,7 @@ class Gate:
         for cid, st in states:
             if st is not None and st[0] == "withdrawn":
                 it.stop = Stop(State.SUPPRESSED, "NO_CONSENT", "consent",
-                               f"contact {cid} withdrew consent to {topic} on {ch} "
+                               f"contact {cid} {WITHDREW} to {topic} on {ch} "
                                f"({st[1]}, {rfc3339(st[2])})")
                 return
         if any(st is not None and st[0] == "granted" for _, st in states):
@@ -335,7 +339,7 @@ class Gate:
         pending = any(st is not None and st[0] == "pending" for _, st in states)
         it.stop = Stop(
             State.SUPPRESSED, "NO_CONSENT", "consent",
-            f"contact {holders[0]} has not confirmed the subscription to {topic} on {ch} yet"
+            f"contact {holders[0]} {UNCONFIRMED} the subscription to {topic} on {ch} yet"
             if pending else f"contact {holders[0]} never consented to {topic} on {ch}")
 
     def _stop_by_quiet_hours(self, it: Item, rules: dict[str, TopicRule], now: float) -> None:

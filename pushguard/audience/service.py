@@ -26,6 +26,7 @@ from pushguard.ssrf import OutboundGuard
 from pushguard.store.schema import (
     attempts,
     audit_log,
+    campaign_recipients,
     confirmations,
     consent,
     consent_ledger,
@@ -448,6 +449,12 @@ class Audience:
                 for s in conn.execute(select(suppressions).where(or_(
                     *[and_(suppressions.c.channel == ch, suppressions.c.address == a)
                       for ch, a in pairs[:200]]))) if pairs]
+            out["campaigns"] = [
+                {"campaign_id": r.campaign_id, "state": r.state, "round": r.round,
+                 "channel": r.channel, "message_id": r.message_id, "variant": r.variant,
+                 "detail": r.detail}
+                for r in conn.execute(select(campaign_recipients).where(
+                    campaign_recipients.c.contact_id == cid))]
             out["audit"] = [
                 {"at": a.at, "actor": a.actor, "action": a.action,
                  "detail": json.loads(a.detail)}
@@ -497,6 +504,9 @@ class Audience:
                 conn.execute(update(messages).where(messages.c.id.in_(ids[i : i + CHUNK]))
                              .values(contact_id=None, content="{}", fallback=None,
                                      confirm_by=None))
+            # a campaign keeps counting the recipient, without the words that may quote it
+            conn.execute(update(campaign_recipients).where(
+                campaign_recipients.c.contact_id == cid).values(detail=None))
             for table, col in ((contact_addresses, contact_addresses.c.contact_id),
                                (consent, consent.c.contact_id),
                                (consent_ledger, consent_ledger.c.contact_id),

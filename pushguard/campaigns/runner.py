@@ -1,13 +1,172 @@
-"""The campaign runner: a worker duty that fans sending campaigns out into messages."""
+"""The campaign runner: a worker duty that moves campaigns along.
+
+On each tick, for each scheduled or sending campaign it can lease (one runner per campaign
+across every worker process), it starts what is due, snapshots the recipients once, pauses
+the campaign if its failure rate crossed the auto-pause threshold, fans out what is due within
+the throttle, and marks the campaign completed when nothing is left to send.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from pushguard.campaigns import fanout
+from pushguard.campaigns.service import FAILED, LIVE, Campaigns, hold, spec_of
+from pushguard.exceptions import NotFound
+from pushguard.store.schema import campaign_recipients, campaigns, messages
 
 if TYPE_CHECKING:
     from pushguard.app import App
     from pushguard.duties import Tick
 
+LEASE = 30.0
+#: auto-pause judges the messages that moved in this many recent seconds
+WINDOW = 300.0
+#: a message failing now: for good, or waiting for its next try after a failed one
+FAILING = (*FAILED, "retry_scheduled")
+#: how long one tick may fan one campaign out before it looks at the others
+SLICE = 2.0
+
+
+@dataclass
+class Runner:
+    campaigns: Campaigns
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
+                       f"{os.urandom(3).hex()}")
+    #: token buckets of throttled campaigns: (tokens, last refill)
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def tick(self) -> None:
+        now = time.time()
+        with self.campaigns.store._read() as conn:
+            rows = conn.execute(select(campaigns.c.id, campaigns.c.state).where(
+                campaigns.c.state.in_(("scheduled", "sending", "paused")))).all()
+        for cid, state in rows:
+            if state == "paused":  # fallback legs born since the pause wait too
+                with self.campaigns.store._write() as conn:
+                    hold(conn, cid, now, "held: the campaign is paused")
+            elif self._lease(cid, now):
+                self.step(cid)
+
+    def _lease(self, cid: str, now: float) -> bool:
+        with self.campaigns.store._write() as conn:
+            got = conn.execute(update(campaigns).where(
+                campaigns.c.id == cid, campaigns.c.state.in_(("scheduled", "sending")),
+                or_(campaigns.c.lease_owner.is_(None), campaigns.c.lease_owner == self.owner,
+                    campaigns.c.lease_until < now)).values(
+                lease_owner=self.owner, lease_until=now + LEASE)).rowcount
+        return bool(got)
+
+    def step(self, cid: str) -> None:
+        c = self.campaigns
+        now = time.time()
+        row = c.find(cid)
+        if row.state == "scheduled":
+            if (row.started_at or 0) > now:
+                return
+            with c.store._write() as conn:
+                conn.execute(update(campaigns).where(
+                    campaigns.c.id == cid, campaigns.c.state == "scheduled").values(
+                    state="sending", updated_at=now))
+            row = c.find(cid)
+        if row.state != "sending":
+            return
+        if row.recipients < 0:
+            fanout.snapshot(c, row)
+        if self.auto_pause(row):
+            return
+        budget = self._budget(row, now)
+        if budget > 0:
+            n = fanout.fan_out(c, cid, budget=budget, deadline=time.time() + SLICE)
+            if cid in self.buckets:
+                tokens, last = self.buckets[cid]
+                self.buckets[cid] = (tokens - n, last)
+        self.finish_if_done(cid)
+
+    def _budget(self, row: Any, now: float) -> int:
+        """How many recipients may be fanned out now: the throttle's token bucket (one
+        second's worth at most), or, unthrottled, what keeps the backlog bounded."""
+        spec = spec_of(row)
+        if spec.throttle is None:
+            return max(0, fanout.MAX_BACKLOG - fanout.live_messages(self.campaigns, row.id))
+        rate = spec.throttle / 60.0
+        tokens, last = self.buckets.get(row.id, (min(1.0, rate), now))
+        tokens = min(max(rate, 1.0), tokens + (now - last) * rate)
+        self.buckets[row.id] = (tokens, now)
+        return int(tokens)
+
+    def auto_pause(self, row: Any) -> bool:
+        spec = spec_of(row)
+        rule = spec.auto_pause
+        if not rule.enabled:
+            return False
+        since = max(float(json.loads(row.spec).get("window_from") or row.started_at or 0),
+                    time.time() - WINDOW)
+        # a message waiting for a try it never failed (paced to a provider's rate, or an open
+        # circuit before its first try) has no cause: it was not tried, so it is not judged;
+        # nor is one whose worker died holding it (INTERNAL_CRASH): the provider did not fail
+        tried = or_(messages.c.state != "retry_scheduled",
+                    and_(messages.c.last_cause.is_not(None),
+                         messages.c.last_cause != "INTERNAL_CRASH"))
+        with self.campaigns.store._read() as conn:
+            counts = Counter({st: int(n) for st, n in conn.execute(
+                select(messages.c.state, func.count()).where(
+                    messages.c.campaign_id == row.id,
+                    messages.c.state.in_(("delivered", *FAILING)),
+                    messages.c.updated_at >= since, tried)
+                .group_by(messages.c.state))})
+            judged = sum(counts.values())
+            failing = sum(counts[s] for s in FAILING)
+            if judged < rule.min_finished or failing / judged <= rule.failure_rate:
+                return False
+            causes = conn.execute(
+                select(messages.c.last_cause, func.count()).where(
+                    messages.c.campaign_id == row.id, messages.c.state.in_(FAILING),
+                    messages.c.updated_at >= since, tried).group_by(messages.c.last_cause)
+                .order_by(func.count().desc()).limit(3)).all()
+        top = ", ".join(f"{cause} ({n})" for cause, n in causes)
+        self.campaigns.pause(row.id, actor="auto-pause", reason=(
+            f"auto-pause: {failing} of the last {judged} messages tried failed or are being "
+            f"retried ({failing / judged:.0%} > {rule.failure_rate:.0%}); top causes: {top}"))
+        return True
+
+    def finish_if_done(self, cid: str) -> bool:
+        c = self.campaigns
+        with c.store._write() as conn:
+            if c.store.dialect == "postgresql":
+                # lock the campaign before counting: a retry or a resume committing between
+                # the counts and the update below would otherwise be marked completed
+                conn.execute(select(campaigns.c.id).where(campaigns.c.id == cid)
+                             .with_for_update())
+            pending = conn.execute(select(func.count()).select_from(campaign_recipients).where(
+                campaign_recipients.c.campaign_id == cid,
+                campaign_recipients.c.state == "pending")).scalar_one()
+            if pending:
+                return False
+            live = conn.execute(select(func.count()).select_from(messages).where(
+                messages.c.campaign_id == cid, messages.c.state.in_(LIVE))).scalar_one()
+            if live:
+                return False
+            now = time.time()
+            done = conn.execute(update(campaigns).where(
+                campaigns.c.id == cid, campaigns.c.state == "sending",
+                campaigns.c.recipients >= 0).values(
+                state="completed", finished_at=now, updated_at=now, lease_owner=None,
+                lease_until=None)).rowcount
+        return bool(done)
+
 
 def runner_tick(app: App) -> Tick | None:
-    return None
+    try:
+        runner = Runner(Campaigns(app))
+    except NotFound:  # no SQL store: no campaigns
+        return None
+    return runner.tick

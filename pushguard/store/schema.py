@@ -96,9 +96,10 @@ Index("ix_messages_parent", messages.c.parent_id)
 Index("ix_messages_contact", messages.c.contact_id)
 #: only messages waiting for a confirmation, for the sweep
 _WAITING = text("confirm_by IS NOT NULL")
-#: a campaign's messages by state (progress, auto-pause, retry); API messages are not in it
+#: a campaign's messages by state and recency: the runner's backlog count and auto-pause
+#: window read only index entries; API messages are not in it
 _CAMPAIGN = text("campaign_id IS NOT NULL")
-Index("ix_messages_campaign", messages.c.campaign_id, messages.c.state,
+Index("ix_messages_campaign", messages.c.campaign_id, messages.c.state, messages.c.updated_at,
       sqlite_where=_CAMPAIGN, postgresql_where=_CAMPAIGN)
 Index("ix_messages_confirm", messages.c.confirm_by, sqlite_where=_WAITING,
       postgresql_where=_WAITING)
@@ -422,4 +423,131 @@ campaign_recipients = Table(
     Column("detail", Text),
 )
 Index("ix_campaign_recipients_due", campaign_recipients.c.campaign_id,
-      campaign_recipients.c.state, campaign_recipients.c.due_at)
+      campaign_recipients.c.state, campaign_recipients.c.due_at, campaign_recipients.c.seq)
+#: a contact's campaigns (why has this contact received nothing? export, erasure)
+Index("ix_campaign_recipients_contact", campaign_recipients.c.contact_id)
+
+
+# -- lessons ----------------------------------------------------------------------------------
+# Operators' notes on a cause, a provider or a template, shown beside every later failure of
+# the same kind (pushguard/diagnosis/lessons.py).
+
+lessons = Table(
+    "lessons",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    #: cause | provider | template
+    Column("kind", String(16), nullable=False),
+    #: a taxonomy cause name, a provider name or a template name
+    Column("subject", String(128), nullable=False),
+    Column("note", Text, nullable=False),
+    #: who wrote it: an API key (name and id) or the CLI's --actor
+    Column("author", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_lessons_subject", lessons.c.kind, lessons.c.subject)
+
+
+# -- alerts and incidents ---------------------------------------------------------------------
+# What the alerts duty concludes from the store, the incidents that group alerts, the provider
+# holds every worker honours, and circuit-breaker transitions written by workers so any process
+# can see them (pushguard/diagnosis/).
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("rule", String(32), nullable=False),
+    #: what it is about: provider:NAME, channel:NAME, campaign:ID or global
+    Column("scope", String(160), nullable=False),
+    #: "rule|scope" while open, NULL once resolved: the unique constraint keeps one open alert
+    #: per rule and scope whichever worker process evaluates first
+    Column("open_key", String(200)),
+    #: open | resolved
+    Column("state", String(16), nullable=False),
+    #: warn | critical, now; and the highest level reached while open
+    Column("severity", String(16), nullable=False),
+    Column("peak", String(16), nullable=False),
+    #: the last level (warn, critical, resolved) notifications were enqueued for
+    Column("notified", String(16)),
+    Column("value", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("sample", Integer, nullable=False),
+    Column("baseline", Float),
+    Column("summary", Text, nullable=False),
+    #: the evidence as JSON (top causes, codes, window)
+    Column("detail", Text, nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("escalated_at", Float),
+    #: since when the condition no longer holds: resolution waits resolve_after from here
+    Column("clear_since", Float),
+    Column("resolved_at", Float),
+    Column("incident_id", String(40)),
+    UniqueConstraint("open_key", name="uq_alerts_open"),
+)
+Index("ix_alerts_opened", alerts.c.opened_at)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("scope", String(160), nullable=False),
+    #: the scope while open, NULL once closed: alerts of one scope share one open incident
+    Column("open_key", String(160)),
+    #: open | closed
+    Column("state", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    #: failures since then (its first alert's window) are its blast radius
+    Column("window_start", Float, nullable=False),
+    Column("closed_at", Float),
+    Column("closed_by", String(64)),
+    Column("note", Text),
+    UniqueConstraint("open_key", name="uq_incidents_open"),
+)
+Index("ix_incidents_opened", incidents.c.opened_at)
+
+#: an incident's timeline: alerts fired, escalated, resolved; notifications, actions, notes
+incident_events = Table(
+    "incident_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("incident_id", String(40), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("detail", Text),
+)
+Index("ix_incident_events_incident", incident_events.c.incident_id, incident_events.c.id)
+
+#: providers no worker may use until held_until (a failover decided by a person or a rule)
+provider_holds = Table(
+    "provider_holds",
+    metadata,
+    Column("provider", String(64), primary_key=True),
+    Column("held_until", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+#: breaker transitions as each worker process saw them (breakers live in process memory)
+circuit_events = Table(
+    "circuit_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("breaker", String(160), nullable=False),
+    Column("src", String(16), nullable=False),
+    Column("dst", String(16), nullable=False),
+)
+Index("ix_circuit_events_at", circuit_events.c.at)
+#: complaint and bounce rates count recent suppressions
+Index("ix_suppressions_created", suppressions.c.created_at)

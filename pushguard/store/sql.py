@@ -13,7 +13,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -196,11 +196,14 @@ class SQLStore(Store):
     # -- intake -----------------------------------------------------------------------------
 
     def enqueue(
-        self, items: Sequence[NewMessage], *, scope: str
+        self, items: Sequence[NewMessage], *, scope: str,
+        also: Callable[[Connection, list[Accepted | IdempotencyConflict]], None] | None = None,
     ) -> list[Accepted | IdempotencyConflict]:
+        """``also`` runs in the same transaction, with the results: what the caller records
+        about the messages commits with them, or neither does."""
         for attempt in range(3):
             try:
-                return self._enqueue(items, scope)
+                return self._enqueue(items, scope, also)
             except IntegrityError as exc:
                 # A concurrent request committed the same idempotency key first: look again,
                 # and this time we will find it and replay its answer.
@@ -209,7 +212,8 @@ class SQLStore(Store):
         raise AssertionError("unreachable")
 
     def _enqueue(
-        self, items: Sequence[NewMessage], scope: str
+        self, items: Sequence[NewMessage], scope: str,
+        also: Callable[[Connection, list[Accepted | IdempotencyConflict]], None] | None = None,
     ) -> list[Accepted | IdempotencyConflict]:
         now = time.time()
         results: list[Accepted | IdempotencyConflict | None] = [None] * len(items)
@@ -262,7 +266,10 @@ class SQLStore(Store):
             if rows:
                 conn.execute(insert(messages), rows)
                 conn.execute(insert(events), evs)
-        return [r for r in results if r is not None]
+            done = [r for r in results if r is not None]
+            if also is not None:
+                also(conn, done)
+        return done
 
     def _existing_keys(
         self, conn: Connection, scope: str, keys: Sequence[str | None]

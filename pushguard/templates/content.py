@@ -262,3 +262,18 @@ def push_content(rendered: Mapping[str, Any], provider: str) -> dict[str, Any]:
     if data:
         out["data"] = data
     return out
+
+
+#: which template channel serves each message channel
+TEMPLATE_CHANNEL = {"email": "email", "sms": "sms", "fcm": "push", "apns": "push",
+                    "webpush": "push", "webhook": "webhook"}
+
+
+def message_content(rendered: Mapping[str, Any], channel: str) -> dict[str, Any]:
+    """A rendered template as the content of a message on ``channel``: push templates are
+    shaped for each push provider; a webhook template holds the JSON to send under ``json``."""
+    wanted = TEMPLATE_CHANNEL.get(channel)
+    if wanted == "webhook":
+        body = rendered.get("json")
+        return body if isinstance(body, dict) else {}
+    return push_content(rendered, channel) if wanted == "push" else dict(rendered)

@@ -22,7 +22,8 @@ def upgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.add_column(sa.Column("campaign_id", sa.String(length=40), nullable=True))
         batch_op.add_column(sa.Column("template", sa.String(length=128), nullable=True))
-        batch_op.create_index("ix_messages_campaign", ["campaign_id", "state"], unique=False,
+        batch_op.create_index("ix_messages_campaign", ["campaign_id", "state", "updated_at"],
+                              unique=False,
                               sqlite_where=_CAMPAIGN, postgresql_where=_CAMPAIGN)
     op.create_table(
         "segments",
@@ -67,7 +68,8 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text(), nullable=True),
     )
     op.create_index("ix_campaign_recipients_due", "campaign_recipients",
-                    ["campaign_id", "state", "due_at"])
+                    ["campaign_id", "state", "due_at", "seq"])
+    op.create_index("ix_campaign_recipients_contact", "campaign_recipients", ["contact_id"])
 
 
 def downgrade() -> None:

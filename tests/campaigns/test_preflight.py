@@ -1,0 +1,94 @@
+"""Starting checks the campaign: a fresh pre-flight report of an unchanged campaign is reused
+(links are not fetched again), but one about templates that changed since is not; an override
+is recorded with the findings it overrode, and only when something blocked. Editing a draft
+keeps names unique."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pushguard.campaigns.models import CampaignIn
+from pushguard.campaigns.preflight import Preflight
+from pushguard.exceptions import Blocked, InputError
+from tests.campaigns.kit import World, audit_actions, world
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def html(base: str, link: str) -> str:
+    return (f'<p>Hi {{{{ contact.attributes.first_name }}}}</p><a href="{base}{link}">Sale</a>'
+            f'<a href="{{{{ unsubscribe_url }}}}">Unsubscribe</a>')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def w(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_schema_url")
+    with world(tmp_path, database_url=url) as got:
+        got.topic("news")
+        got.contacts(5)
+        yield got
+
+
+def test_a_fresh_report_is_reused_by_start(w: World) -> None:
+    w.template("newsletter", html(w.links.url, "/ok"))
+    c = w.campaign()
+    report = Preflight(w.app.campaigns).run(c["id"])
+    assert report["blocking"] == 0
+    hits = w.links.hits["/ok"]
+    assert w.app.campaigns.start(c["id"], actor="t")["state"] == "sending"
+    assert w.links.hits["/ok"] == hits  # not checked again
+    assert w.app.campaigns.get(c["id"])["override"] is None
+    assert "campaign.override" not in [a for a, _ in audit_actions(w.app, c["id"])]
+
+
+def test_a_report_about_a_template_that_changed_is_not_reused(w: World) -> None:
+    w.template("newsletter", html(w.links.url, "/missing"))
+    c = w.campaign()
+    assert Preflight(w.app.campaigns).run(c["id"])["blocking"] >= 1
+    w.version("newsletter", html(w.links.url, "/ok"))  # the fix
+    got = w.app.campaigns.start(c["id"], actor="t")
+    assert got["state"] == "sending" and got["override"] is None
+
+
+def test_a_clean_report_does_not_let_a_broken_template_through(w: World) -> None:
+    w.template("newsletter", html(w.links.url, "/ok"))
+    c = w.campaign()
+    assert Preflight(w.app.campaigns).run(c["id"])["blocking"] == 0
+    w.version("newsletter", html(w.links.url, "/missing"))  # broken after the check
+    with pytest.raises(Blocked) as refused:
+        w.app.campaigns.start(c["id"], actor="t")
+    assert any(f["code"].startswith("template.link") for f in refused.value.findings)
+    assert w.app.campaigns.find(c["id"]).state == "draft"
+
+
+def test_an_override_is_recorded_with_what_it_overrode(w: World) -> None:
+    w.template("newsletter", html(w.links.url, "/missing"))
+    c = w.campaign()
+    got = w.app.campaigns.start(c["id"], actor="alice", override="page goes live at nine")
+    assert got["state"] == "sending"
+    o = got["override"]
+    assert o["by"] == "alice" and o["reason"] == "page goes live at nine"
+    codes = {f["code"] for f in o["findings"]}
+    assert any(code.startswith("template.link") for code in codes)
+    assert all(set(f) == {"code", "problem", "count"} for f in o["findings"])
+    entry = [d for a, d in audit_actions(w.app, c["id"]) if a == "campaign.override"]
+    assert entry == [{"reason": "page goes live at nine", "codes": [f["code"] for f in
+                                                                     o["findings"]]}]
+
+
+def test_a_draft_cannot_be_renamed_onto_another_campaign(w: World) -> None:
+    w.template("newsletter", html(w.links.url, "/ok"))
+    w.campaign(name="one")
+    two = w.campaign(name="two")
+    body = CampaignIn.model_validate({"name": "one", "topic": "news", "channels": [
+        {"channel": "email", "template": "newsletter"}]})
+    with pytest.raises(InputError) as taken:
+        w.app.campaigns.update(two["id"], body, actor="t")
+    assert taken.value.field == "name"
+    assert w.app.campaigns.find(two["id"]).name == "two"
+    renamed = w.app.campaigns.update(two["id"], body.model_copy(update={"name": "three"}),
+                                     actor="t")
+    assert renamed["name"] == "three" and w.app.campaigns.find("three").id == two["id"]
