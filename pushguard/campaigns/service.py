@@ -32,14 +32,12 @@ from pushguard.exceptions import Blocked, Conflict, InputError, NotFound
 from pushguard.intake import pydantic_problems
 from pushguard.models import new_id
 from pushguard.store.schema import campaign_recipients, campaigns, messages
-from pushguard.store.sql import SQLStore, audit
+from pushguard.store.sql import HELD_AT, SQLStore, audit
 from pushguard.views import rfc3339
 
 if TYPE_CHECKING:
     from pushguard.app import App
 
-#: a held message's next_at: later than any real send time, so no worker claims it
-HELD_AT = 4102444800.0
 READY = ("queued", "retry_scheduled", "deferred")
 LIVE = (*READY, "sending")
 FAILED = ("failed", "dead", "expired")
@@ -408,10 +406,12 @@ def _ids(conn: Connection, campaign_id: str, cond: str, params: dict[str, Any]) 
 
 def _event(conn: Connection, campaign_id: str, now: float, reason: str, cond: str,
            params: dict[str, Any], *, dst: str | None = None, cause: str | None = None) -> None:
-    """One event per matching message of the campaign, in one statement."""
+    """One event per matching message of the campaign, in one statement (without ``dst``:
+    a note that does not change the state, like a hold)."""
     conn.execute(text(
         "INSERT INTO events (message_id, at, src, dst, reason, cause) "
-        f"SELECT m.id, :now, m.state, {'m.state' if dst is None else ':dst'}, :reason, :cause "
+        f"SELECT m.id, :now, {'NULL' if dst is None else 'm.state'}, "
+        f"{'m.state' if dst is None else ':dst'}, :reason, :cause "
         f"FROM messages m WHERE m.campaign_id = :c AND {cond}"),
         {"c": campaign_id, "now": now, "reason": reason, "dst": dst, "cause": cause, **params})
 

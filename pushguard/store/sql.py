@@ -359,6 +359,7 @@ class SQLStore(Store):
             )
             conn.execute(insert(attempts), atts)
             conn.execute(insert(events), evs)
+            stop_campaign_returns(conn, [r.id for r in rows], now)
         return len(rows)
 
     def record(self, owner: str, outcomes: Sequence[Outcome]) -> int:
@@ -393,6 +394,10 @@ class SQLStore(Store):
                 {"message_id": m.id, "at": now, "src": State.ACCEPTED.value,
                  "dst": State.QUEUED.value, "reason": f"fallback leg of {m.parent_id}",
                  "cause": None} for m in legs])
+        back = [m.id for m in legs if m.campaign_id is not None] + [
+            o.id for o in outcomes if o.state in _BACK]
+        if back:
+            stop_campaign_returns(conn, back, now)
         if sups:
             keys = ("channel", "address", "reason", "source", "created_at")
             conn.execute(self._insert_ignore(suppressions), [dict(zip(keys, row, strict=True))
@@ -646,6 +651,8 @@ class SQLStore(Store):
         child = next_leg(row.id, legs, topic=row.topic, priority=row.priority,
                          ttl=int(row.expires_at - row.created_at), contact_id=row.contact_id)
         conn.execute(insert(messages).values(message_row(child, now, State.QUEUED)))
+        if child.campaign_id is not None:
+            stop_campaign_returns(conn, [child.id], now)
         conn.execute(insert(events), [
             {"message_id": row.id, "at": now, "src": None, "dst": row.state,
              "reason": f"{why}: falling back to {child.channel} as {child.id}", "cause": None},
@@ -759,3 +766,47 @@ def _deactivate(conn: Connection, rows: Sequence[tuple[str, str, str, str]],
                  status_evidence=bindparam("b_source"), updated_at=now),
         [{"b_channel": ch, "b_address": a, "b_reason": r, "b_source": src}
          for ch, a, r, src in rows])
+
+
+#: outcomes that put a message back in the queue
+_BACK = frozenset({State.RETRY_SCHEDULED, State.DEFERRED, State.QUEUED})
+#: a held message's next_at (as the campaign service holds them): later than any real time
+HELD_AT = 4102444800.0
+_CANCELLED = json.dumps({
+    "cause": "POLICY_SUPPRESSED", "transient": False, "provider_code": None,
+    "explanation": "its campaign was cancelled", "fix": "Nothing to do: the campaign was "
+    "cancelled.", "provider": None, "rule": "campaign"})
+
+
+def stop_campaign_returns(conn: Connection, ids: Sequence[str], now: float) -> None:
+    """Messages that came back to the queue (a retry, a lease reaped, a fallback leg) while
+    their campaign is paused are held with the others; if it was cancelled, they are not
+    sent. Only messages of such campaigns are touched; others cost one indexed lookup."""
+    ready = "state IN ('queued', 'retry_scheduled', 'deferred')"
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = list(ids[i:i + _IN_CHUNK])
+        marks = ", ".join(f":i{n}" for n in range(len(chunk)))
+        params: dict[str, Any] = {f"i{n}": v for n, v in enumerate(chunk)}
+        found = conn.execute(text(
+            f"SELECT m.id, m.state AS now_state, c.state FROM messages m "
+            f"JOIN campaigns c ON c.id = m.campaign_id "
+            f"WHERE m.id IN ({marks}) AND m.{ready} AND c.state IN ('paused', 'cancelled')"),
+            params).all()
+        if not found:
+            continue
+        held = [r.id for r in found if r.state == "paused"]
+        gone = [r.id for r in found if r.state == "cancelled"]
+        was = {r.id: r.now_state for r in found}
+        if held:
+            conn.execute(update(messages).where(messages.c.id.in_(held)).values(
+                next_at=HELD_AT))
+        if gone:
+            conn.execute(update(messages).where(messages.c.id.in_(gone)).values(
+                state=State.SUPPRESSED.value, updated_at=now, last_cause="POLICY_SUPPRESSED",
+                failure=_CANCELLED))
+        conn.execute(insert(events), [
+            {"message_id": mid, "at": now, "src": None if mid in held else was[mid],
+             "dst": was[mid] if mid in held else State.SUPPRESSED.value,
+             "reason": "held: its campaign is paused" if mid in held
+             else "not sent: its campaign was cancelled",
+             "cause": None if mid in held else "POLICY_SUPPRESSED"} for mid in held + gone])

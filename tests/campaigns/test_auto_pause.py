@@ -135,16 +135,10 @@ def test_auto_pause_waits_for_enough_tries_and_can_be_turned_off(tmp_path: Path)
         assert runner.auto_pause(c.find(low["id"]))
 
 
-IN_FLIGHT_BUG = ("bug: pause() holds only messages waiting when it commits; one a worker is "
-                 "sending at that moment comes back (a transient failure's retry, or the "
-                 "reaper after a crash) with a near next_at and is sent while paused")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=IN_FLIGHT_BUG)
 @pytest.mark.parametrize("how", ["retry", "crash"])
 def test_in_flight_messages_are_held_when_they_come_back(tmp_path: Path, how: str) -> None:
-    """Until a runner tick holds them again (below), they can be claimed: the tick is a
-    second away, a retry's back-off can be shorter."""
+    """A message a worker was sending when the pause committed comes back held: the store
+    holds what returns to the queue (a retry, a reaped lease) for a paused campaign."""
     with world(tmp_path, relays={"primary": OUTAGE}) as w:
         cid = _setup(w, 10)
         ids = _come_back(w, cid, how, "pause")
@@ -210,9 +204,6 @@ def test_a_runner_tick_holds_what_came_back_while_paused(tmp_path: Path, how: st
         assert w.app.campaigns.resume(cid, actor="ops")["released"] == 10
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: cancel() suppresses only what waits when it commits; a message being sent then "
-    "comes back (a retry, or the reaper) and is sent after the campaign was cancelled"))
 @pytest.mark.parametrize("how", ["retry", "crash"])
 def test_what_comes_back_after_a_cancel_is_not_sent(tmp_path: Path, how: str) -> None:
     with world(tmp_path, relays={"primary": OUTAGE}) as w:
