@@ -17,17 +17,15 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 
-from pushguard.audience.gate import RULE_FIX, UNCONFIRMED, WITHDREW
+from pushguard.audience.gate import RULE_FIX
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.service import spec_of, templates_mark
-from pushguard.campaigns.targets import Target, plan
+from pushguard.campaigns.survey import EXAMPLES, Survey, survey_all
 from pushguard.exceptions import ConfigError, NotFound
 from pushguard.providers.base import ProviderContext
 from pushguard.providers.registry import provider_class
@@ -38,8 +36,6 @@ from pushguard.views import rfc3339
 if TYPE_CHECKING:
     from pushguard.campaigns.service import Campaigns
 
-EXAMPLES = 5
-LINT_SAMPLE = 20
 #: a provider failing more than this share of its calls in the last day is worth a warning
 PROVIDER_WARN_RATE = 0.10
 
@@ -74,20 +70,6 @@ _NOT_SENT = {"suppressed", "deactivated_address", "no_consent", "withdrawn", "un
              "missing_variable"}
 
 
-@dataclass
-class _Tally:
-    count: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    detail: dict[str, str] = field(default_factory=dict)
-
-    def add(self, code: str, who: str, detail: str | None = None) -> None:
-        self.count[code] += 1
-        if len(self.examples[code]) < EXAMPLES:
-            self.examples[code].append(who)
-        if detail and code not in self.detail:
-            self.detail[code] = detail
-
-
 def finding(code: str, severity: str, count: int, problem: str, fix: str,
             examples: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     return {"code": code, "severity": severity, "count": count, "problem": problem,
@@ -100,15 +82,8 @@ class Preflight:
         self.c = campaigns
         self.app = campaigns.app
 
-    def walk(self, row: Any, spec: CampaignIn, when: float) -> Iterator[list[Target]]:
-        """The campaign's recipients as targets, a page at a time, gated at ``when``."""
-        memo: dict[tuple[str, str], str] = {}
-        for page in self.c.segments.members(self.c.segments.filter_of(spec.segment,
-                                                                      spec.filter)):
-            with self.c.store._read() as conn:
-                yield plan(self.c.store, conn, spec, page, self.app.guard, now=when, memo=memo)
-
-    def run(self, ref: str, *, links: bool = True, record: bool = True) -> dict[str, Any]:
+    def run(self, ref: str, *, links: bool = True, record: bool = True,
+            processes: int | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         row = self.c.find(ref)
         spec = spec_of(row)
@@ -116,32 +91,8 @@ class Preflight:
         mark = templates_mark(self.c.store)  # before reading them: a change meanwhile shows
         when = spec.schedule.at.timestamp() if spec.schedule and spec.schedule.at else now
         composer = self.c.composer(spec)
-        tally = _Tally()
-        total = 0
-        per_channel: Counter[str] = Counter()
-        samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for targets in self.walk(row, spec, when):
-            for t in targets:
-                total += 1
-                who = str(t.contact["external_id"])
-                if t.problem is not None:
-                    tally.add(t.problem[0], who, t.problem[1])
-                    continue
-                assert t.step is not None and t.channel is not None
-                if t.stop is not None:
-                    key = _stop_key(t)
-                    tally.add(_GATE[key][0], who, t.stop.detail)
-                    if t.stop.state.value == "suppressed":
-                        continue
-                name = composer.template_of(t.step, composer.variant_of(row.id, t.id))
-                lacking = composer.missing(name, t.step, t.contact)
-                if lacking:
-                    tally.add("missing_variable", who,
-                              f"{name}: {', '.join(m.text for m in lacking)}")
-                    continue
-                per_channel[t.channel] += 1
-                if len(samples[name]) < LINT_SAMPLE:
-                    samples[name].append(t.contact)
+        seen = survey_all(self.c, row, spec, when, processes=processes)
+        tally, total, per_channel, samples = seen, seen.total, seen.per_channel, seen.samples
         findings = self._audience_findings(tally, total)
         findings += self._template_findings(spec, composer, samples, links=links)
         findings += self._provider_findings(spec, per_channel, now)
@@ -185,7 +136,7 @@ class Preflight:
 
     # -- findings ---------------------------------------------------------------------------
 
-    def _audience_findings(self, tally: _Tally, total: int) -> list[dict[str, Any]]:
+    def _audience_findings(self, tally: Survey, total: int) -> list[dict[str, Any]]:
         out = []
         for code, n in tally.count.items():
             if code == "missing_variable":
@@ -303,11 +254,3 @@ class Preflight:
                 "cost": round(sum(costs.values()), 4),
                 "expires_before_sent": bool(seconds and seconds > spec.ttl)}
 
-
-def _stop_key(t: Target) -> str:
-    assert t.stop is not None
-    if t.stop.rule != "consent":
-        return t.stop.rule
-    if UNCONFIRMED in t.stop.detail:
-        return "unverified"
-    return "withdrawn" if WITHDREW in t.stop.detail else "no_consent"

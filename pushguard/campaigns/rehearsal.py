@@ -14,8 +14,8 @@ from collections import Counter
 from typing import IO, TYPE_CHECKING, Any
 
 from pushguard.campaigns.fanout import render_targets
-from pushguard.campaigns.preflight import Preflight
 from pushguard.campaigns.service import spec_of
+from pushguard.campaigns.survey import walk
 from pushguard.exceptions import InputError, NotFound
 from pushguard.models import PRIORITIES, Accepted, NewMessage
 from pushguard.store.sql import audit
@@ -43,7 +43,7 @@ def dry_run(c: Campaigns, ref: str, *, limit: int = 100,
     cost = 0.0
     size = 0
     rows: list[dict[str, Any]] = []
-    for targets in Preflight(c).walk(row, spec, when):
+    for targets in walk(c, spec, when):
         live = [t for t in targets if t.problem is None
                 and (t.stop is None or t.stop.state.value == "deferred")]
         variants = {t.id: composer.variant_of(row.id, t.id) for t in live}

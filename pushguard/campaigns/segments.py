@@ -116,17 +116,20 @@ class Segments:
             {"external_id": r.external_id, "attributes": json.loads(r.attributes),
              "locale": r.locale, "timezone": r.timezone} for r in rows]}
 
-    def members(self, raw: Any, *, page: int = PAGE) -> Iterator[list[Any]]:
-        """The matching contacts, in id order, a page at a time (keyset pagination: each
-        page is one short query, whatever the segment's size)."""
+    def members(self, raw: Any, *, page: int = PAGE, after: str = "",
+                until: str | None = None) -> Iterator[list[Any]]:
+        """The matching contacts (with ids in ``(after, until]``), in id order, a page at a
+        time (keyset pagination: each page is one short query, whatever the segment's
+        size)."""
         c = self.compile(raw)
-        after = ""
+        bound = "" if until is None else "AND c.id <= :until "
         while True:
             with self.store._read() as conn:
                 rows = conn.execute(text(
                     f"SELECT c.id, c.external_id, c.attributes, c.locale, c.timezone, "
-                    f"c.quiet_hours FROM contacts c WHERE c.id > :after AND {c.sql} "
-                    f"ORDER BY c.id LIMIT {int(page)}"), {**c.params, "after": after}).all()
+                    f"c.quiet_hours FROM contacts c WHERE c.id > :after {bound}AND {c.sql} "
+                    f"ORDER BY c.id LIMIT {int(page)}"),
+                    {**c.params, "after": after, "until": until}).all()
             if not rows:
                 return
             yield list(rows)

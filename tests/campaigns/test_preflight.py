@@ -92,3 +92,24 @@ def test_a_draft_cannot_be_renamed_onto_another_campaign(w: World) -> None:
     renamed = w.app.campaigns.update(two["id"], body.model_copy(update={"name": "three"}),
                                      actor="t")
     assert renamed["name"] == "three" and w.app.campaigns.find("three").id == two["id"]
+
+
+def test_a_survey_split_over_processes_adds_up_to_the_same_report(w: World) -> None:
+    """A large audience is surveyed by several processes, each over a range of contact ids;
+    forced here on a small one, the counts, examples' number and samples match one process."""
+    w.contacts(6, prefix="pend", consent="pending")
+    w.contacts(4, prefix="none", consent=None)
+    w.template("newsletter", html(w.links.url, "/ok"))
+    c = w.campaign(min_predicted_rate=0.1)
+    one = Preflight(w.app.campaigns).run(c["id"], links=False, processes=1)
+    three = Preflight(w.app.campaigns).run(c["id"], links=False, processes=3)
+    assert one["recipients"] == three["recipients"] == 15
+    assert one["predicted"] == three["predicted"]
+    assert one["predicted"]["delivered"] == 5
+
+    def counts(report: dict[str, object]) -> dict[str, tuple[int, int]]:
+        return {f["code"]: (f["count"], len(f["examples"]))  # type: ignore[index]
+                for f in report["findings"]}  # type: ignore[attr-defined]
+
+    assert counts(one) == counts(three)
+    assert counts(three)["unverified"] == (6, 5) and counts(three)["no_consent"] == (4, 4)
