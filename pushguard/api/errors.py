@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pushguard.exceptions import (
@@ -70,6 +71,15 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(DataError)
+    async def _refused_by_database(_: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refuses NUL in text (SQLite stores it): a value we let through reached
+        # the database; the request is at fault, not the server
+        return JSONResponse(error_body(
+            "validation_error", "a value holds a character the database refuses (NUL)",
+            [{"field": "body", "problem": "contains a NUL character (\\u0000)"}]),
+            status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -124,7 +124,8 @@ def fan_out(c: Campaigns, campaign_id: str, *, budget: int | None = None,
         gone = [r.rid for r in rows if r.id is None]
         try:
             done += _commit(c, row.id, spec, composer, targets,
-                            {r.id: r for r in present}, prior, vias, gone, memo)
+                            {r.id: r for r in present}, prior, vias, gone,
+                            {r.rid: r.round for r in rows}, memo)
         except _NotSending:
             break
     return done
@@ -139,8 +140,10 @@ def _prior_providers(conn: Connection, ids: Sequence[str]) -> dict[str, str | No
 
 def _commit(c: Campaigns, campaign_id: str, spec: CampaignIn, composer: Composer,
             targets: list[Target], rows: dict[str, Any], prior: dict[str, str | None],
-            vias: dict[int, str | None], gone: list[str],
+            vias: dict[int, str | None], gone: list[str], rounds: dict[str, int],
             memo: dict[tuple[str, str], str]) -> int:
+    """Enqueue one batch; the recipients are marked only if still pending in the round they
+    were read in (a retry or another runner may have moved them since)."""
     skipped: list[tuple[str, str]] = [(cid, "the contact was erased") for cid in gone]
     contents = render_targets(composer, targets, {k: r.variant for k, r in rows.items()})
     msgs: list[NewMessage] = []
@@ -172,15 +175,16 @@ def _commit(c: Campaigns, campaign_id: str, spec: CampaignIn, composer: Composer
         rows_ = [{"state": "enqueued", "mid": res.id if isinstance(res, Accepted) else None,
                   "ch": ch, "detail": None if isinstance(res, Accepted)
                   else "an earlier message with the same key differs", "cid": cid,
-                  "camp": campaign_id}
+                  "camp": campaign_id, "round": rounds[cid]}
                  for (cid, ch, _), res in zip(owners, sent, strict=True)]
         rows_ += [{"state": "skipped", "mid": None, "ch": None, "detail": d, "cid": cid,
-                   "camp": campaign_id} for cid, d in skipped]
+                   "camp": campaign_id, "round": rounds[cid]} for cid, d in skipped]
         if rows_:
             conn.execute(text(
                 "UPDATE campaign_recipients SET state = :state, message_id = COALESCE(:mid, "
                 "message_id), channel = COALESCE(:ch, channel), detail = :detail "
-                "WHERE campaign_id = :camp AND contact_id = :cid"), rows_)
+                "WHERE campaign_id = :camp AND contact_id = :cid AND state = 'pending' "
+                "AND round = :round"), rows_)
 
     c.store.enqueue(flat, scope=SCOPE, also=mark)
     return len(targets) + len(gone)

@@ -247,6 +247,8 @@ class Preflight:
             limits[channel] = {"recipients": n, "per_second": rate}
             if rate:
                 seconds = max(seconds, n / rate)
+        if spec.throttle is not None:  # the throttle is the whole campaign's, every channel
+            seconds = max(seconds, sum(per_channel.values()) * 60.0 / spec.throttle)
         costs = {ch: (self.app.config.providers_for(ch)[0].cost or 0.0) * n
                  for ch, n in per_channel.items() if self.app.config.providers_for(ch)}
         return {"seconds": round(seconds, 1) if seconds else None, "channels": limits,

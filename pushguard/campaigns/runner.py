@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from pushguard.app import App
     from pushguard.duties import Tick
 
-LEASE = 30.0
+LEASE = 60.0
+#: seconds between two judgements of a campaign's failure rate (auto-pause)
+JUDGE_EVERY = 5.0
 #: auto-pause judges the messages that moved in this many recent seconds
 WINDOW = 300.0
 #: a message failing now: for good, or waiting for its next try after a failed one
@@ -43,6 +45,8 @@ class Runner:
                        f"{os.urandom(3).hex()}")
     #: token buckets of throttled campaigns: (tokens, last refill)
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: when each campaign's failure rate was last judged
+    judged: dict[str, float] = field(default_factory=dict)
 
     def tick(self) -> None:
         now = time.time()
@@ -81,8 +85,12 @@ class Runner:
             return
         if row.recipients < 0:
             fanout.snapshot(c, row)
-        if self.auto_pause(row):
-            return
+            if not self._lease(cid, time.time()):  # the snapshot outlived the lease
+                return
+        if now - self.judged.get(cid, 0.0) >= JUDGE_EVERY:
+            self.judged[cid] = now
+            if self.auto_pause(row):
+                return
         budget = self._budget(row, now)
         if budget > 0:
             n = fanout.fan_out(c, cid, budget=budget, deadline=time.time() + SLICE)
@@ -140,6 +148,9 @@ class Runner:
 
     def finish_if_done(self, cid: str) -> bool:
         c = self.campaigns
+        with c.store._read() as conn:  # most ticks end here, cheaply, without a write lock
+            if _any(conn, cid):
+                return False
         with c.store._write() as conn:
             if c.store.dialect == "postgresql":
                 # lock the campaign before counting: a retry or a resume committing between
@@ -162,6 +173,16 @@ class Runner:
                 state="completed", finished_at=now, updated_at=now, lease_owner=None,
                 lease_until=None)).rowcount
         return bool(done)
+
+
+def _any(conn: Any, cid: str) -> bool:
+    """Whether the campaign has a pending recipient or a live message (one index probe
+    each, not a count)."""
+    pending = conn.execute(select(campaign_recipients.c.contact_id).where(
+        campaign_recipients.c.campaign_id == cid,
+        campaign_recipients.c.state == "pending").limit(1)).first()
+    return pending is not None or conn.execute(select(messages.c.id).where(
+        messages.c.campaign_id == cid, messages.c.state.in_(LIVE)).limit(1)).first() is not None
 
 
 def runner_tick(app: App) -> Tick | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pushguard.diagnosis.holds import Holds, parse_duration
 from pushguard.diagnosis.incidents import event
-from pushguard.exceptions import ConfigError, InputError
+from pushguard.exceptions import InputError
 from pushguard.store.sql import SQLStore
 
 if TYPE_CHECKING:
@@ -23,18 +23,14 @@ ACTIONS = ("pause", "failover")
 def pause_campaign(app: App, campaign: str, *, reason: str, actor: str) -> dict[str, Any]:
     """Pause ``campaign`` through the campaign service; a clear error when this build has
     none."""
-    service = getattr(app, "campaigns", None)
-    pause = getattr(service, "pause", None)
-    if pause is None:
-        raise ConfigError("pausing a campaign needs the campaign service (App.campaigns), "
-                          "which this build of pushguard does not have")
-    result: dict[str, Any] = pause(campaign, reason=reason, actor=actor)
-    return result
+    return app.campaigns.pause(campaign, reason=reason, actor=actor)
 
 
 def failover(app: App, provider: str, seconds: float, *, reason: str,
              actor: str) -> dict[str, Any]:
     assert isinstance(app.store, SQLStore)
+    if len(reason) > 500:  # an alert's summary may list many open circuits
+        reason = reason[:497] + "..."
     return Holds(app.store, app.config.providers).hold(provider, seconds, reason=reason,
                                                        actor=actor)
 

@@ -134,10 +134,13 @@ class AlertBook:
                     return "fired", row
                 if row is None:  # opened and resolved by another process meanwhile
                     return None, None
+            # every change is to the alert while it is open: one another process resolved
+            # meanwhile is not escalated (nor acted on) again
             if f.grade == "hold":
-                conn.execute(update(alerts).where(alerts.c.id == row.id).values(**values))
+                conn.execute(update(alerts).where(alerts.c.id == row.id,
+                                                  alerts.c.state == "open").values(**values))
                 return None, row
-            up = update(alerts).where(alerts.c.id == row.id)
+            up = update(alerts).where(alerts.c.id == row.id, alerts.c.state == "open")
             if RANK[f.grade] > RANK[row.peak]:
                 won = conn.execute(up.where(alerts.c.peak == row.peak).values(
                     severity=f.grade, peak=f.grade, threshold=f.threshold, escalated_at=now,

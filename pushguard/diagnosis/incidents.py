@@ -170,14 +170,29 @@ class Incidents:
         return self.show(incident_id)
 
     def affected(self, incident_id: str, limit: int) -> list[Any]:
-        """The failed messages to replay: not replays themselves (a replay is once per
-        message), oldest first."""
+        """The failed messages to replay, oldest first: not replays themselves, and not those
+        whose recipient was reached since (or is being reached) by another message of the
+        same campaign or topic, so no one gets the same message twice."""
         from pushguard.diagnosis.replay import REPLAY_SCOPE
 
+        later = messages.alias("later")
+        # reached since, or being reached: a fallback leg, a retry round, another incident's
+        # replay (replays keep the contact), or a later message of the same topic
+        reached = select(later.c.id).where(
+            later.c.id != messages.c.id, later.c.created_at >= messages.c.created_at,
+            later.c.state.in_(("delivered", "queued", "retry_scheduled", "deferred",
+                               "sending")),
+            or_(and_(messages.c.contact_id.is_not(None),
+                     later.c.contact_id == messages.c.contact_id),
+                and_(messages.c.contact_id.is_(None), later.c.channel == messages.c.channel,
+                     later.c.to_addr == messages.c.to_addr)),
+            or_(later.c.parent_id == messages.c.id,
+                later.c.campaign_id == messages.c.campaign_id,
+                later.c.topic == messages.c.topic)).exists()
         with self.store._read() as conn:
             row = self.row(conn, incident_id)
             q = (select(messages).where(
-                self.failed(row),
+                self.failed(row), ~reached,
                 or_(messages.c.idem_scope.is_(None), messages.c.idem_scope != REPLAY_SCOPE))
                 .order_by(messages.c.created_at).limit(limit))
             return list(conn.execute(q))

@@ -790,7 +790,9 @@ def stop_campaign_returns(conn: Connection, ids: Sequence[str], now: float) -> N
         found = conn.execute(text(
             f"SELECT m.id, m.state AS now_state, c.state FROM messages m "
             f"JOIN campaigns c ON c.id = m.campaign_id "
-            f"WHERE m.id IN ({marks}) AND m.{ready} AND c.state IN ('paused', 'cancelled')"),
+            f"WHERE m.id IN ({marks}) AND m.{ready} AND c.state IN ('paused', 'cancelled')"
+            # on PostgreSQL, wait for a pause or cancel being committed, and see its state
+            + (" FOR SHARE OF c" if conn.dialect.name == "postgresql" else "")),
             params).all()
         if not found:
             continue
