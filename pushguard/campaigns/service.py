@@ -353,6 +353,10 @@ class Campaigns:
             msgs: dict[str, int] = dict(conn.execute(
                 select(messages.c.state, func.count()).where(
                     messages.c.campaign_id == campaign_id).group_by(messages.c.state)).all())
+            reached = int(conn.execute(
+                select(func.count(func.distinct(messages.c.contact_id))).where(
+                    messages.c.campaign_id == campaign_id,
+                    messages.c.state == "delivered")).scalar_one())
             variants = conn.execute(text(
                 "SELECT r.variant, m.state, COUNT(*) FROM campaign_recipients r "
                 "JOIN messages m ON m.id = r.message_id WHERE r.campaign_id = :c "
@@ -368,6 +372,9 @@ class Campaigns:
             "not_sent": msgs.get("suppressed", 0),
             "waiting": sum(msgs.get(s, 0) for s in LIVE),
             "failure_rate": round(failed / finished, 4) if finished else None,
+            #: recipients at least one message of the campaign reached (by a fallback leg
+            #: or a retry round too): failure_rate counts messages, this counts people
+            "reached": reached,
         }
         if variants:
             per: dict[str, dict[str, int]] = {}

@@ -80,6 +80,10 @@ async def test_retry_the_rejected_through_the_backup_only_once(tmp_path: Path) -
 
         assert Counter(backup.recipients) == Counter({a: 1 for a in rejected})
         assert Counter(primary.recipients) == delivered, "the delivered were sent again"
+        progress = w.app.campaigns.progress(cid)
+        # messages: the round-0 refusals still count as failed; people: all but the 3 dead
+        assert progress["reached"] == 40 == len(delivered) + len(rejected)
+        assert progress["failed"] == len(rejected) + 3
         retried = [r for r in campaign_messages(w.app, cid) if r.created_at > rows[-1].created_at]
         assert len(retried) == len(rejected)
         assert {r.last_provider for r in retried} == {"backup"}
