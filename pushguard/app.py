@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from pushguard import config as config_mod
+from pushguard import tracing
 from pushguard.audience.links import Links, link_keys
 from pushguard.audience.service import Audience
 from pushguard.circuit import BreakerState
@@ -127,7 +128,8 @@ class App:
         self.routers.append(router)
         r = self.config.retry
         policy = RetryPolicy(base=r.base, cap=r.cap, retry_after_cap=r.retry_after_cap)
-        return Pipeline(router, policy, metrics=self.metrics, links=self.links_or_none())
+        return Pipeline(router, policy, metrics=self.metrics, links=self.links_or_none(),
+                        tracer=tracing.tracer_for(self.settings))
 
     def worker_store(self) -> Store:
         """The store a worker writes through: relaxed commits unless configured otherwise,

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from pushguard import taxonomy
+from pushguard import taxonomy, tracing
 from pushguard.audience.gate import stop_failure
 from pushguard.audience.links import Links, with_unsubscribe
 from pushguard.circuit import Breaker
@@ -84,8 +84,11 @@ class Pipeline:
         metrics: Metrics | None = None,
         log: Any = None,
         links: Links | None = None,
+        tracer: Any = None,
     ) -> None:
         self.router = router
+        #: an OpenTelemetry tracer when traces are on (pushguard.tracing), else None
+        self.tracer = tracer
         self.links = links
         self.policy = policy
         self.metrics = metrics or Metrics()
@@ -98,7 +101,10 @@ class Pipeline:
         self._children: dict[tuple[str, ...], Any] = {}
 
     async def process(self, job: Job) -> Outcome:
+        started = time.time_ns() if self.tracer is not None else 0
         outcome = await self._process(job)
+        if self.tracer is not None:
+            tracing.record(self.tracer, job, outcome, started)
         if job.fallback and outcome.state in FALLBACK_STATES:
             self._fall_back(job, outcome)
         if not can_move(State.SENDING, outcome.state):  # pragma: no cover - a bug, not input

@@ -51,6 +51,9 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     #: ask DNS at intake whether an email address's domain accepts mail (MX / null MX)
     email_dns_check: bool = False
+    #: OpenTelemetry: a span per delivery (pip install 'pushguard[otel]'; the exporter is
+    #: configured by the standard OTEL_* variables, OTLP over HTTP by default)
+    otel_traces: bool = False
     #: ``host[:port]`` of the DNS server for that check; empty: the system's resolver
     dns_server: str = ""
     default_ttl: int = 86400
