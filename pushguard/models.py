@@ -96,6 +96,8 @@ class Job:
     contact_id: str | None = None
     #: the message this one is a device copy of: caps count a push to all devices once
     fanout_of: str | None = None
+    #: the campaign that sent it (logs and traces carry it)
+    campaign_id: str | None = None
     #: the topic is a marketing topic (unsubscribe links, caps, quiet hours apply)
     marketing: bool = False
     #: why the pre-send gate stops this message now, if it does

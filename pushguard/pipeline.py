@@ -289,14 +289,15 @@ class Pipeline:
             latency * 1000, error.status, error.provider_code, cause.name, error.maybe_sent,
             error.detail, (error.raw or "")[:2048] or None,
         )
+        self.log.info(
+            "attempt_failed", message_id=job.id, provider=provider_name, cause=cause.name,
+            code=error.provider_code, verdict=decision.verdict.value,
+            contact_id=job.contact_id, campaign_id=job.campaign_id,
+        )
         if decision.verdict is Verdict.EXPIRE:
             out = self._expired(job, cause.name, detail=error.detail, code=error.provider_code)
             out.attempt, out.provider = attempt, provider_name
             return out
-        self.log.info(
-            "attempt_failed", message_id=job.id, provider=provider_name, cause=cause.name,
-            code=error.provider_code, verdict=decision.verdict.value,
-        )
         failover = decision.verdict is Verdict.RETRY and cause.provider_scoped and can_failover
         return Outcome(
             job.id, _VERDICT_STATE[decision.verdict], decision.reason,

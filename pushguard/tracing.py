@@ -54,6 +54,8 @@ def record(tracer: Any, job: Any, outcome: Any, started_ns: int) -> None:
     }
     if job.topic:
         attributes["pushguard.topic"] = job.topic
+    if job.campaign_id:
+        attributes["pushguard.campaign_id"] = job.campaign_id
     if outcome.provider:
         attributes["pushguard.provider"] = outcome.provider
     if failure is not None:

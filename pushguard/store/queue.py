@@ -22,7 +22,7 @@ CHUNK = 500
 
 _JOB_COLUMNS = (
     "id, channel, to_addr, content, topic, priority, attempts, state, created_at, expires_at, "
-    "avoid_provider, last_cause, fallback, contact_id, fanout_of"
+    "avoid_provider, last_cause, fallback, contact_id, fanout_of, campaign_id"
 )
 # The condition must read exactly like the partial index's, or the planner will not use it.
 _CLAIM = (
@@ -124,7 +124,7 @@ class QueueSQL:
                 priority=r[5], attempts=r[6], created_at=r[8],
                 expires_at=r[9], avoid_provider=r[10], last_cause=r[11],
                 fallback=json.loads(r[12]) if r[12] else [], contact_id=r[13],
-                fanout_of=r[14],
+                fanout_of=r[14], campaign_id=r[15],
             )
             for r in rows
         ]
