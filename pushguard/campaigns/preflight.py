@@ -26,7 +26,7 @@ from pushguard.audience.gate import RULE_FIX
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.service import spec_of, templates_mark
 from pushguard.campaigns.survey import EXAMPLES, Survey, survey_all
-from pushguard.exceptions import ConfigError, NotFound
+from pushguard.exceptions import ConfigError, DeliveryError, NotFound
 from pushguard.providers.base import ProviderContext
 from pushguard.providers.registry import provider_class
 from pushguard.store.schema import attempts, campaigns, messages
@@ -95,7 +95,7 @@ class Preflight:
         tally, total, per_channel, samples = seen, seen.total, seen.per_channel, seen.samples
         findings = self._audience_findings(tally, total)
         findings += self._template_findings(spec, composer, samples, links=links)
-        findings += self._provider_findings(spec, per_channel, now)
+        findings += self._provider_findings(spec, per_channel, now, live=links)
         not_sent = sum(n for code, n in tally.count.items() if code in _NOT_SENT)
         predicted = total - not_sent
         rate = predicted / total if total else 0.0
@@ -183,20 +183,31 @@ class Preflight:
         return list(out.values())
 
     def _provider_findings(self, spec: CampaignIn, per_channel: Counter[str],
-                           now: float) -> list[dict[str, Any]]:
+                           now: float, *, live: bool = True) -> list[dict[str, Any]]:
         out = []
         context = ProviderContext(self.app.settings, self.app.guard)
         names = {n: s.channel for s in spec.channels
                  for n in self.app.config.channels.get(s.channel, ())}
+        built = {}
         for name, channel in names.items():
             pc = self.app.config.providers[name]
             try:
-                provider_class(pc.type)(pc, context)
+                built[name] = provider_class(pc.type)(pc, context)
             except (ConfigError, NotFound) as exc:
                 out.append(finding("provider_config", "block", per_channel.get(channel, 0),
                                    f"provider {name} ({channel}) cannot start: {exc}",
                                    "Fix its options in pushguard.toml, or set the environment "
                                    "variables its credentials name.", provider=name))
+        if live and built:
+            with ThreadPoolExecutor(1) as pool:  # the caller may be inside an event loop
+                failures = pool.submit(asyncio.run, _live_checks(built)).result()
+            for name, err in failures.items():
+                first = names[name] == spec.channels[0].channel
+                out.append(finding(
+                    "provider_live_check", "block" if first else "warn",
+                    per_channel.get(names[name], 0), f"provider {name} failed a live check "
+                    f"(connect and log in, nothing sent): {err.cause.name}: {err.detail}",
+                    err.cause.fix, provider=name, provider_code=err.provider_code))
         since = now - 86400
         with self.c.store._read() as conn:
             auth = conn.execute(select(attempts.c.provider, func.count(), func.max(
@@ -256,3 +267,17 @@ class Preflight:
                 "cost": round(sum(costs.values()), 4),
                 "expires_before_sent": bool(seconds and seconds > spec.ttl)}
 
+
+async def _live_checks(providers: dict[str, Any]) -> dict[str, DeliveryError]:
+    """Each provider's live check, at once; the failures by provider."""
+    async def one(p: Any) -> DeliveryError | None:
+        try:
+            await p.check()
+        except DeliveryError as exc:
+            return exc
+        finally:
+            await p.close()
+        return None
+
+    got = await asyncio.gather(*(one(p) for p in providers.values()))
+    return {name: err for name, err in zip(providers, got, strict=True) if err is not None}

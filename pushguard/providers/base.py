@@ -96,6 +96,11 @@ class Provider(ABC):
     async def close(self) -> None:
         """Release connections; called once on shutdown."""
 
+    async def check(self) -> bool:
+        """A live check of the connection and credentials, sending nothing: True when it
+        passed, False when this type has none; raises ``DeliveryError`` when it fails."""
+        return False
+
     @abstractmethod
     async def send(self, delivery: Delivery) -> Receipt:
         """Deliver one message, or raise ``DeliveryError``."""

@@ -471,6 +471,15 @@ class SmtpProvider(Provider):
             detail=f"{reply.code} {reply.message}"[:200],
         )
 
+    async def check(self) -> bool:
+        """Connect, STARTTLS and log in as a send would, then QUIT."""
+        smtp = await self._connect(asyncio.get_running_loop().time() + self.config.timeout)
+        try:
+            await smtp.quit()
+        except Exception:  # the check passed; a relay closing rudely at QUIT is not its fault
+            smtp.close()
+        return True
+
     async def _connect(self, deadline: float) -> aiosmtplib.SMTP:
         o = self.options
         if self._helo is None:

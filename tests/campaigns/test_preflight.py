@@ -113,3 +113,26 @@ def test_a_survey_split_over_processes_adds_up_to_the_same_report(w: World) -> N
 
     assert counts(one) == counts(three)
     assert counts(three)["unverified"] == (6, 5) and counts(three)["no_consent"] == (4, 4)
+
+
+def test_the_live_check_logs_in_to_each_provider_and_blocks_on_a_dead_one(w: World) -> None:
+    """The pre-flight connects to each provider of the campaign's channels as a send would
+    (SMTP: connect, EHLO, QUIT; nothing sent): a relay that answers passes, a relay that is
+    gone blocks with the cause and the fix."""
+    import asyncio
+
+    w.template("newsletter", html(w.links.url, "/ok"))
+    c = w.campaign()
+    relay = w.relays["primary"]
+    before = relay.server.connections
+    ok = Preflight(w.app.campaigns).run(c["id"])
+    assert "provider_live_check" not in {f["code"] for f in ok["findings"]}
+    assert relay.server.connections == before + 1 and not relay.server.handler.messages
+    asyncio.run_coroutine_threadsafe(relay.server.stop(), relay.loop).result(10)
+    dead = Preflight(w.app.campaigns).run(c["id"])
+    found = [f for f in dead["findings"] if f["code"] == "provider_live_check"]
+    assert len(found) == 1 and found[0]["severity"] == "block", dead["findings"]
+    assert found[0]["provider"] == "primary" and "failed a live check" in found[0]["problem"]
+    assert found[0]["fix"]
+    skipped = Preflight(w.app.campaigns).run(c["id"], links=False)
+    assert "provider_live_check" not in {f["code"] for f in skipped["findings"]}
