@@ -10,6 +10,9 @@ One message in ten is a newsletter to one of the readers (about two and a half e
 pre-send gate lets through only readers who consented. It stops those who never did or have
 not confirmed yet, those who unsubscribe while their message waits in the queue, and sends
 beyond the daily cap. Each stopped message is recorded with the rule that stopped it.
+
+Last, the next newsletter is drafted as a campaign, and its pre-flight check says, before
+anything is sent, how many readers would get it and why the others would not.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pushguard import logs
 from pushguard.app import App
 from pushguard.audience.models import TopicIn
 from pushguard.audience.service import ConsentRecord, NormalContact
+from pushguard.campaigns.models import CampaignIn
+from pushguard.campaigns.preflight import Preflight
 from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
 from pushguard.explain import as_text, explain
 from pushguard.intake import MessageIn
@@ -36,6 +41,7 @@ from pushguard.report import summarize
 from pushguard.sandbox import SandboxThread
 from pushguard.settings import Settings
 from pushguard.store.sql import SQLStore
+from pushguard.templates.models import TemplateIn
 
 WEBHOOK_FAULTS = {
     "seed": 11,
@@ -156,6 +162,8 @@ def run(n: int = 3000, workdir: str = ".demo", console: Console | None = None) -
         primary.set_profile(GATEWAY_A_FAULTS, "sms")
         asyncio.run(_deliver(app, len(ids), console))
         _report(app, console, started, db_url)
+        _next_campaign(app, console, db_url)
+        app.templates.close()
         store.close()
     finally:
         primary.stop()
@@ -265,3 +273,31 @@ def _report(app: App, console: Console, since: float, db_url: str) -> None:
     console.print(f"  PUSHGUARD_DATABASE_URL={db_url} .venv/bin/pushguard why <id>", markup=False)
     console.print(f"  PUSHGUARD_DATABASE_URL={db_url} .venv/bin/pushguard messages --state failed",
                   markup=False)
+
+
+def _next_campaign(app: App, console: Console, db_url: str) -> None:
+    """Before the next newsletter goes out as a campaign, the pre-flight says who would not
+    get it and why (the same readers, and what just happened to them)."""
+    app.templates.create(TemplateIn(
+        name="newsletter-43", channel="webhook", topic="news",
+        content={"json": {"type": "newsletter", "issue": "43",
+                          "reader": "{{ contact.external_id }}"}}), actor="demo")
+    c = app.campaigns.create(CampaignIn.model_validate({
+        "name": "newsletter-43", "topic": "news",
+        "channels": [{"channel": "webhook", "template": "newsletter-43"}]}), actor="demo")
+    report = Preflight(app.campaigns).run(c["id"], links=False)
+    p = report["predicted"]
+    console.rule("pushguard campaign preflight newsletter-43")
+    console.print(f"The next newsletter, to {report['recipients']} readers: predicted delivery "
+                  f"rate {p['delivery_rate']:.0%} ({p['delivered']} would receive it, "
+                  f"{p['not_sent']} would not). Nothing has been sent.")
+    table = Table(show_lines=True)
+    table.add_column("severity")
+    table.add_column("readers", justify="right")
+    table.add_column("finding")
+    table.add_column("what to do", max_width=60)
+    for f in report["findings"]:
+        table.add_row(f["severity"], str(f["count"]), f"{f['code']}: {f['problem']}", f["fix"])
+    console.print(table)
+    console.print(f"  PUSHGUARD_DATABASE_URL={db_url} .venv/bin/pushguard campaign preflight "
+                  "newsletter-43", markup=False)
