@@ -287,13 +287,17 @@ async def work_until(app: App, done: Any, *, timeout: float = 30.0) -> bool:
 
 
 class Clock:
-    """A stand-in for a module's ``time``: the real clock plus an offset the test moves."""
+    """A stand-in for a module's ``time``: frozen at its first reading, plus an offset the test
+    moves (a slow machine must not refill a throttle's bucket between two ticks)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.start: float | None = None
 
     def time(self) -> float:
-        return time.time() + self.offset
+        if self.start is None:
+            self.start = time.time()
+        return self.start + self.offset
 
     def perf_counter(self) -> float:
         return time.perf_counter()
