@@ -39,28 +39,29 @@ if TYPE_CHECKING:
 #: a provider failing more than this share of its calls in the last day is worth a warning
 PROVIDER_WARN_RATE = 0.10
 
-#: gate rules and target problems as findings: (code, severity, problem, fix)
+#: what the gate and the targets stop, by finding code (survey.GATE_CODES names the gate's):
+#: (severity, problem, fix)
 _GATE = {
-    "suppression": ("suppressed", "warn", "on a suppression list (bounced, complained or "
+    "suppressed": ("warn", "on a suppression list (bounced, complained or "
                     "unsubscribed)", RULE_FIX["suppression"]),
-    "address": ("deactivated_address", "warn", "their address was deactivated",
+    "deactivated_address": ("warn", "their address was deactivated",
                 RULE_FIX["address"]),
-    "no_consent": ("no_consent", "warn", "never consented to this topic on this channel",
+    "no_consent": ("warn", "never consented to this topic on this channel",
                    RULE_FIX["consent"]),
-    "withdrawn": ("withdrawn", "warn", "withdrew consent to this topic on this channel",
+    "withdrawn": ("warn", "withdrew consent to this topic on this channel",
                   "Nothing to do: they said no. Never re-add them without new consent."),
-    "unverified": ("unverified", "warn", "subscribed but never confirmed (no double opt-in)",
+    "unverified": ("warn", "subscribed but never confirmed (no double opt-in)",
                    "Send them a confirmation (pushguard contacts subscribe, or POST "
                    "/v1/contacts/{ref}/subscriptions) and send after they confirm; only "
                    "confirmed contacts get marketing."),
-    "quiet_hours": ("quiet_hours", "warn", "in quiet hours at the send time: their message "
+    "quiet_hours": ("warn", "in quiet hours at the send time: their message "
                     "waits until the hours end", RULE_FIX["quiet_hours"]),
-    "frequency_cap": ("frequency_cap", "warn", "already received as many messages as the cap "
+    "frequency_cap": ("warn", "already received as many messages as the cap "
                       "allows", RULE_FIX["frequency_cap"]),
-    "topic": ("unknown_topic", "block", "the topic does not exist", RULE_FIX["topic"]),
-    "no_address": ("no_address", "warn", "no active address on any of the campaign's "
+    "unknown_topic": ("block", "the topic does not exist", RULE_FIX["topic"]),
+    "no_address": ("warn", "no active address on any of the campaign's "
                    "channels", "Add a channel they can be reached on, or collect addresses."),
-    "invalid_address": ("invalid_address", "warn", "their address is not valid for its "
+    "invalid_address": ("warn", "their address is not valid for its "
                         "channel", "Fix or remove the address (pushguard doctor data finds "
                         "them all)."),
 }
@@ -147,9 +148,9 @@ class Preflight:
                     "template: {{ contact.attributes.x | default(\"...\") }}",
                     tally.examples[code]))
                 continue
-            spec = next(v for v in _GATE.values() if v[0] == code)
+            severity, problem, fix = _GATE[code]
             share = f" ({n / total:.0%} of the audience)" if total else ""
-            out.append(finding(code, spec[1], n, f"{spec[2]}{share}", spec[3],
+            out.append(finding(code, severity, n, f"{problem}{share}", fix,
                                tally.examples[code], detail=tally.detail.get(code)))
         return out
 
