@@ -6,13 +6,16 @@ import asyncio
 import time
 from typing import Any
 
+from sqlalchemy import func, select
+
 from pushguard.app import App
 from pushguard.audience.models import TopicIn
 from pushguard.config import BreakerConfig, Config, ProviderConfig, RetryConfig
 from pushguard.models import NewMessage
 from pushguard.providers.fake import FakeProvider
 from pushguard.settings import Settings
-from pushguard.states import State, can_move
+from pushguard.states import TERMINAL, State, can_move
+from pushguard.store.schema import messages
 from pushguard.store.sql import SQLStore
 
 
@@ -41,11 +44,16 @@ async def run_until_settled(app: App, ids: list[str], *, timeout: float = 20.0,
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     deadline = time.monotonic() + timeout
+    # One query a poll: reading every message's view here would block the loop the worker
+    # runs on, for seconds on a slow machine.
+    open_ = select(func.count()).select_from(messages).where(
+        messages.c.id.in_(ids), messages.c.state.not_in([s.value for s in TERMINAL]))
+    assert isinstance(app.store, SQLStore)
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        views = [app.store.get(i) for i in ids]
-        if all(v is not None and v.state.terminal for v in views):
-            break
+        with app.store._read() as conn:
+            if not conn.execute(open_).scalar():
+                break
     stop.set()
     await task
     return providers

@@ -239,6 +239,7 @@ async def test_500_concurrent_sends_share_two_connections(
 ) -> None:
     server.profiles.set({"latency_ms": [1, 15], "seed": 2}, "apns")
     content = {"title": "t", "body": "x" * 3000}  # 500 x 3 KB: well past the flow windows
+    provider.pool.timeout = 30.0  # queued behind 500 streams on a loaded machine: not a timeout
     receipts = await asyncio.gather(
         *(provider.send(delivery(content=content, message_id=f"m{i}")) for i in range(500)))
     assert {r.status for r in receipts} == {200}
@@ -279,9 +280,12 @@ async def test_goaway_is_followed_by_a_new_connection(
 async def test_streams_in_flight_on_a_dropped_connection_are_maybe_sent(
     server: ApnsServer, provider: ApnsProvider
 ) -> None:
-    server.profiles.set({"latency_ms": 300}, "apns")
+    server.profiles.set({"latency_ms": 1500}, "apns")
     sends = [asyncio.ensure_future(provider.send(delivery(message_id=f"m{i}"))) for i in range(5)]
-    await asyncio.sleep(0.1)
+    for _ in range(100):  # until all five are open on the server (a loaded machine is slow)
+        if server.peak_streams >= 5:
+            break
+        await asyncio.sleep(0.01)
     server.disconnect_all()
     results = await asyncio.gather(*sends, return_exceptions=True)
     assert all(isinstance(r, DeliveryError) for r in results)
