@@ -26,9 +26,32 @@ Factory = Callable[["App"], Tick | None]
 
 
 def _campaigns(app: App) -> Tick | None:
-    from pushguard.campaigns.runner import runner_tick
+    """The campaign runner, built (its modules imported) once a campaign is active: until
+    then a tick is one query, and a worker that only delivers starts sooner."""
+    from sqlalchemy import select
 
-    return runner_tick(app)
+    from pushguard.store.schema import campaigns
+    from pushguard.store.sql import SQLStore
+
+    store = app.store
+    if not isinstance(store, SQLStore):
+        return None
+    active = select(campaigns.c.id).where(
+        campaigns.c.state.in_(("scheduled", "sending", "paused"))).limit(1)
+    runner: list[Tick | None] = []
+
+    def tick() -> None:
+        if not runner:
+            with store._read() as conn:
+                if conn.execute(active).first() is None:
+                    return
+            from pushguard.campaigns.runner import runner_tick
+
+            runner.append(runner_tick(app))
+        if runner[0] is not None:
+            runner[0]()
+
+    return tick
 
 
 def _alerts(app: App) -> Tick | None:

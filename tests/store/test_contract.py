@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -170,6 +171,23 @@ def test_api_keys_are_stored_hashed_and_revocable(store: SQLStore) -> None:
     assert key not in stored and hash_key(key) in stored
     assert store.revoke_api_key(key_id)
     assert store.api_key_id(hash_key(key)) is None
+
+
+def test_the_head_revision_constant_is_alembics_head(tmp_path: Path) -> None:
+    from pushguard.store import migrations
+    from pushguard.store.sql import HEAD_REVISION
+
+    assert migrations.head() == HEAD_REVISION
+    fresh = SQLStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        assert not fresh.schema_is_current()  # no alembic_version table at all
+        with fresh._write() as conn:
+            migrations.upgrade(conn, "0010")
+        assert not fresh.schema_is_current()  # one migration behind
+        fresh.migrate()
+        assert fresh.schema_is_current()
+    finally:
+        fresh.close()
 
 
 def test_migrations_create_exactly_the_schema(store: SQLStore) -> None:
