@@ -50,6 +50,48 @@ _ATTEMPT = (
     "provider_code, cause, maybe_sent, detail, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# PostgreSQL: one statement per batch, its rows passed as one array per column. executemany
+# runs the statement once per row on the server; unnest() makes it one execution, which is
+# most of the difference between PostgreSQL and SQLite on the hot path. The arrays go in
+# binary (%b): psycopg's text format quotes every element through a regular expression.
+_EVENT_PG = (
+    "INSERT INTO events (message_id, at, src, dst, reason, cause) SELECT * FROM unnest("
+    "%b::text[], %b::float8[], %b::text[], %b::text[], %b::text[], %b::text[])"
+)
+_ATTEMPT_PG = (
+    "INSERT INTO attempts (message_id, number, at, provider, outcome, latency_ms, status, "
+    "provider_code, cause, maybe_sent, detail, raw) SELECT * FROM unnest(%b::text[], "
+    "%b::int[], %b::float8[], %b::text[], %b::text[], %b::float8[], %b::int[], %b::text[], "
+    "%b::text[], %b::bool[], %b::text[], %b::text[])"
+)
+_OUTCOME_PG = (
+    "UPDATE messages AS m SET state = v.state, updated_at = v.now, "
+    "next_at = COALESCE(v.next_at, m.next_at), attempts = m.attempts + v.inc, "
+    "lease_owner = NULL, lease_until = NULL, "
+    "last_provider = COALESCE(v.provider, m.last_provider), avoid_provider = v.avoid, "
+    "last_cause = COALESCE(v.cause, m.last_cause), failure = COALESCE(v.failure, m.failure), "
+    "delivered_at = v.delivered_at, "
+    "provider_message_id = COALESCE(v.pmid, m.provider_message_id), "
+    "confirm_by = CASE WHEN m.confirm_within IS NOT NULL AND v.delivered = 1 "
+    "THEN v.now + m.confirm_within ELSE NULL END "
+    "FROM unnest(%b::text[], %b::float8[], %b::float8[], %b::int[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::float8[], %b::text[], %b::int[], %b::text[]) "
+    "AS v(state, now, next_at, inc, provider, avoid, cause, failure, delivered_at, pmid, "
+    "delivered, id) "
+    "WHERE m.id = v.id AND m.lease_owner = %s AND m.state = 'sending'"
+)
+
+
+def _columns(
+    rows: Sequence[tuple[Any, ...]], floats: tuple[int, ...] = ()
+) -> tuple[list[Any], ...]:
+    """Rows as one list per column (for unnest); the ``floats`` columns as floats, since a
+    column that mixes ints and floats is not one array type."""
+    cols = tuple(list(c) for c in zip(*rows, strict=True))
+    for i in floats:
+        cols[i][:] = [None if v is None else float(v) for v in cols[i]]
+    return cols
+
 
 def message_row(
     m: NewMessage, now: float, state: State, *, scope: str = "", failure: str | None = None
@@ -115,9 +157,7 @@ class QueueSQL:
             conn.exec_driver_sql(self._sql(_LEASE, len(chunk)),
                                  (owner, now + lease, now, *chunk))
         reason = f"claimed by {owner}"
-        conn.exec_driver_sql(
-            self._sql(_EVENT), [(r[0], now, r[7], "sending", reason, None) for r in rows]
-        )
+        self._events(conn, [(r[0], now, r[7], "sending", reason, None) for r in rows])
         return [
             Job(
                 id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
@@ -167,8 +207,20 @@ class QueueSQL:
             if o.suppress is not None:
                 ch, addr, reason = o.suppress
                 sups.append((ch, addr, reason, f"message {o.id}", now))
-        conn.exec_driver_sql(self._sql(_OUTCOME), ups)
-        if atts:
-            conn.exec_driver_sql(self._sql(_ATTEMPT), atts)
-        conn.exec_driver_sql(self._sql(_EVENT), evs)
+        if self.pg:
+            cols = _columns([(*u[:11], u[12]) for u in ups], floats=(1, 2, 8))
+            conn.exec_driver_sql(_OUTCOME_PG, (*cols, owner))
+            if atts:
+                conn.exec_driver_sql(_ATTEMPT_PG, _columns(atts, floats=(2, 5)))
+        else:
+            conn.exec_driver_sql(self._sql(_OUTCOME), ups)
+            if atts:
+                conn.exec_driver_sql(self._sql(_ATTEMPT), atts)
+        self._events(conn, evs)
         return sups
+
+    def _events(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        if self.pg:
+            conn.exec_driver_sql(_EVENT_PG, _columns(rows, floats=(1,)))
+        else:
+            conn.exec_driver_sql(self._sql(_EVENT), rows)
