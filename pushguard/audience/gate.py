@@ -99,6 +99,10 @@ class Item:
     contact_id: str | None
     #: what a cap counts: the message, or the push it is a device copy of
     group: str | None = None
+    #: the contact as the caller has just read it, ``to`` being one of its active addresses
+    #: (a campaign's page of recipients): the gate then reads neither the contact nor the
+    #: address's other holders again. Never cached: the next check reads afresh.
+    rule: ContactRule | None = None
     #: filled in by the gate
     marketing: bool = False
     stop: Stop | None = None
@@ -118,6 +122,11 @@ class ContactRule:
     id: str
     timezone: str | None
     quiet_hours: QuietHours | None
+
+    @classmethod
+    def of(cls, contact_id: str, timezone: str | None, quiet_hours: str | None) -> ContactRule:
+        """The rule of a ``contacts`` row's columns."""
+        return cls(contact_id, timezone, QuietHours.parse(quiet_hours) if quiet_hours else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +224,7 @@ class Gate:
         for cid in missing:
             cache[cid] = None
         for cid, tz, qh in _rows(conn, _CONTACTS, missing):
-            cache[cid] = ContactRule(cid, tz, QuietHours.parse(qh) if qh else None)
+            cache[cid] = ContactRule.of(cid, tz, qh)
 
     def _load_consent(self, conn: Connection, keys: set[tuple[str, str, str]]) -> None:
         cache = self._c.consent
@@ -258,7 +267,7 @@ class Gate:
         rules = self.topic_rules(conn)
         pairs = {(it.channel, it.to) for it in items}
         self._load_suppressed(conn, pairs)
-        self._load_holders(conn, pairs)
+        self._load_holders(conn, {(it.channel, it.to) for it in items if it.rule is None})
         for it in items:
             self._stop_by_address(it, rules)
         live = [it for it in items if it.stop is None and it.marketing]
@@ -266,6 +275,8 @@ class Gate:
             return
         ids: set[str] = set()
         for it in live:
+            if it.rule is not None:
+                continue
             if it.contact_id is not None:
                 ids.add(it.contact_id)
             else:  # every active holder of the address decides (a withdrawal wins)
@@ -287,6 +298,8 @@ class Gate:
     def _holders_of(self, it: Item) -> list[str]:
         """Contacts whose consent decides for this message: the named contact, or every
         active holder of the address (a withdrawal by any of them wins)."""
+        if it.rule is not None:
+            return [it.rule.id]
         if it.contact_id is not None and it.contact_id in self._c.contacts:
             named = self._c.contacts[it.contact_id]
             if named is not None:
@@ -305,7 +318,7 @@ class Gate:
                            f"{it.to} is on the {it.channel} suppression list ({reason}, "
                            f"{source})")
             return
-        holders = self._c.holders.get((it.channel, it.to), [])
+        holders = self._c.holders.get((it.channel, it.to), []) if it.rule is None else []
         if holders and not any(h.active for h in holders):
             h = holders[0]
             it.stop = Stop(State.SUPPRESSED, "POLICY_SUPPRESSED", "address",
@@ -343,7 +356,7 @@ class Gate:
             if pending else f"contact {holders[0]} never consented to {topic} on {ch}")
 
     def _stop_by_quiet_hours(self, it: Item, rules: dict[str, TopicRule], now: float) -> None:
-        contact = self._c.contacts.get(it.contact_id or "")
+        contact = it.rule or self._c.contacts.get(it.contact_id or "")
         topic = rules[it.topic or ""]
         window = (contact.quiet_hours if contact else None) or topic.quiet_hours \
             or self.policy.quiet_hours

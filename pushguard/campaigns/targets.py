@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pushguard.audience.gate import Item, Stop
+from pushguard.audience.gate import ContactRule, Item, Stop
 from pushguard.campaigns.models import CampaignIn
 from pushguard.ssrf import OutboundGuard
 from pushguard.store.sql import SQLStore
@@ -40,6 +40,8 @@ class Target:
     problem: tuple[str, str] | None = None
     #: what the pre-send gate says (None: it would go now)
     stop: Stop | None = None
+    #: the contact's timezone and quiet hours, for the gate
+    rule: ContactRule | None = None
 
     @property
     def id(self) -> str:
@@ -74,6 +76,8 @@ def plan(store: SQLStore, conn: Connection, spec: CampaignIn, rows: Sequence[Any
     out = []
     for r in rows:
         t = Target(template_contact(r))
+        if gate:  # the row is a contact as the segment read it (with its quiet hours)
+            t.rule = ContactRule.of(r.id, r.timezone, r.quiet_hours)
         for step, ch in enumerate(channels):
             addrs = held.get((r.id, ch))
             if not addrs:
@@ -95,7 +99,8 @@ def plan(store: SQLStore, conn: Connection, spec: CampaignIn, rows: Sequence[Any
         out.append(t)
     if not gate:
         return out
-    items = [Item(t.id, t.channel, t.address, spec.topic, t.id)
+    # The contact and its active address were just read: the gate need not read them again.
+    items = [Item(t.id, t.channel, t.address, spec.topic, t.id, rule=t.rule)
              for t in out if t.channel is not None and t.address is not None]
     store.gate.check(conn, items, now, sending=False)
     stops = {it.id: it.stop for it in items}

@@ -474,3 +474,59 @@ async def test_a_push_to_all_of_a_contacts_devices_counts_once_against_the_cap(
             "SELECT state FROM messages ORDER BY created_at, id")]
     assert states.count("delivered") == 6  # two pushes reached all three devices
     assert states.count("suppressed") == 3  # the third push, on every device
+
+
+def test_a_contact_read_by_the_caller_gets_the_verdict_of_a_full_lookup(
+    store: SQLStore,
+) -> None:
+    """A campaign's page passes each contact's rule along (Item.rule) so the gate reads
+    neither the contact nor the address's holders again: the verdicts must be the same as
+    the gate's own lookups give, for every kind of recipient, and nothing is cached."""
+    from sqlalchemy import select
+
+    from pushguard.audience.gate import ContactRule, Item
+    from pushguard.store.schema import contacts
+
+    app = make_app(store)
+    ids = {
+        "granted": contact(app, "g", "g@example.com"),
+        "pending": contact(app, "p", "p@example.com"),
+        "withdrawn": contact(app, "w", "w@example.com"),
+        "never": contact(app, "n", "n@example.com"),
+        "quiet": contact(app, "q", "q@example.com", timezone="Asia/Tokyo",
+                         quiet_hours=_now_window("Asia/Tokyo")),
+        "suppressed": contact(app, "s", "s@example.com"),
+        # shares its address with a contact that withdrew: naming the contact decides
+        "shared": contact(app, "sh", "w@example.com"),
+    }
+    for name in ("granted", "quiet", "suppressed", "shared"):
+        consent(app, ids[name], "granted")
+    consent(app, ids["pending"], "pending")
+    consent(app, ids["withdrawn"], "granted")
+    consent(app, ids["withdrawn"], "withdrawn")
+    store.suppress("email", "s@example.com", "hard_bounce", "test")
+    with store._read() as conn:
+        rows = {r.id: r for r in conn.execute(select(contacts))}
+    address = {"granted": "g@example.com", "pending": "p@example.com",
+               "withdrawn": "w@example.com", "never": "n@example.com",
+               "quiet": "q@example.com", "suppressed": "s@example.com",
+               "shared": "w@example.com"}
+
+    def verdicts(with_rule: bool) -> dict[str, tuple[str, str] | None]:
+        items = []
+        for name, cid in ids.items():
+            r = rows[cid]
+            rule = ContactRule.of(cid, r.timezone, r.quiet_hours) if with_rule else None
+            items.append(Item(name, "email", address[name], "news", cid, rule=rule))
+        with store._read() as conn:
+            store.gate.check(conn, items, time.time(), sending=False)
+        return {it.id: (it.stop.rule, it.stop.state.value) if it.stop else None
+                for it in items}
+
+    cold = verdicts(with_rule=True)
+    assert not set(ids.values()) & set(store.gate._c.contacts)  # the rules were not cached
+    assert cold == verdicts(with_rule=False)
+    assert cold == {"granted": None, "pending": ("consent", "suppressed"),
+                    "withdrawn": ("consent", "suppressed"), "never": ("consent", "suppressed"),
+                    "quiet": ("quiet_hours", "deferred"),
+                    "suppressed": ("suppression", "suppressed"), "shared": None}
