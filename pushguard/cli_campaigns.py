@@ -123,6 +123,11 @@ def _findings(report: dict[str, Any]) -> None:
     out.print(f"[bold]{report['name']}[/]: {report['recipients']} recipients; predicted "
               f"delivery rate [bold]{p['delivery_rate']:.0%}[/] ({p['delivered']} would "
               f"receive it, {p['not_sent']} would not, {p['deferred']} later)")
+    if report.get("sample"):
+        sm = report["sample"]
+        out.print(f"estimated from a random sample of {sm['surveyed']} of the "
+                  f"{sm['recipients']} recipients (delivery rate within "
+                  f"±{sm['delivery_rate_margin']:.1%} at 95 %); --exact surveys every one")
     est = report["estimate"]
     if est["seconds"]:
         out.print(f"estimated send time {est['seconds']:.0f} s; estimated cost {est['cost']}")
@@ -138,11 +143,14 @@ def _findings(report: dict[str, Any]) -> None:
 @campaign_cli.command("preflight")
 @handles_errors
 def preflight(ref: str, links: Annotated[bool, typer.Option(
-        help="check links and images over HTTP")] = True, as_json: JsonOpt = False) -> None:
+        help="check links and images over HTTP")] = True,
+        exact: Annotated[bool, typer.Option(
+            help="survey every recipient, not a sample of a large audience")] = False,
+        as_json: JsonOpt = False) -> None:
     """Predict what would fail and why; exit status 1 on a blocking finding."""
     from pushguard.campaigns.preflight import Preflight
 
-    report = Preflight(app_for().campaigns).run(ref, links=links)
+    report = Preflight(app_for().campaigns).run(ref, links=links, exact=exact)
     _print(report) if as_json else _findings(report)
     if report["blocking"]:
         raise typer.Exit(1)

@@ -118,9 +118,12 @@ def campaigns_router(app: App) -> APIRouter:
 
     @router.post("/v1/campaigns/{ref}/preflight", tags=["campaigns"], responses={404: {}})
     def preflight(ref: str, _: Auth, links: Annotated[bool, Query(
-            description="check links and images over HTTP")] = True) -> dict[str, Any]:
+            description="check links and images over HTTP")] = True,
+            exact: Annotated[bool, Query(description="survey every recipient, not a random "
+                                         "sample of a large audience")] = False
+            ) -> dict[str, Any]:
         """Predict what would fail, and why, before anything is sent."""
-        return Preflight(app.campaigns).run(ref, links=links)
+        return Preflight(app.campaigns).run(ref, links=links, exact=exact)
 
     @router.post("/v1/campaigns/{ref}/dry-run", tags=["campaigns"], responses={404: {}})
     def dry_run(ref: str, _: Auth,

@@ -84,7 +84,10 @@ class Preflight:
         self.app = campaigns.app
 
     def run(self, ref: str, *, links: bool = True, record: bool = True,
-            processes: int | None = None) -> dict[str, Any]:
+            processes: int | None = None, exact: bool = False) -> dict[str, Any]:
+        """The pre-flight report of a campaign. From ``survey.SAMPLE_FROM`` recipients on, the
+        audience's tallies are estimated from a uniform random sample (the report's
+        ``sample`` says how many, and the margin of the predicted rate) unless ``exact``."""
         started = time.perf_counter()
         row = self.c.find(ref)
         spec = spec_of(row)
@@ -92,7 +95,7 @@ class Preflight:
         mark = templates_mark(self.c.store)  # before reading them: a change meanwhile shows
         when = spec.schedule.at.timestamp() if spec.schedule and spec.schedule.at else now
         composer = self.c.composer(spec)
-        seen = survey_all(self.c, row, spec, when, processes=processes)
+        seen = survey_all(self.c, row, spec, when, processes=processes, exact=exact)
         tally, total, per_channel, samples = seen, seen.total, seen.per_channel, seen.samples
         findings = self._audience_findings(tally, total)
         findings += self._template_findings(spec, composer, samples, links=links)
@@ -124,6 +127,9 @@ class Preflight:
                           "deferred": tally.count.get("quiet_hours", 0),
                           "delivery_rate": round(rate, 4),
                           "by_channel": dict(per_channel)},
+            "sample": None if seen.sampled is None else {
+                "surveyed": seen.sampled[0], "recipients": seen.sampled[1],
+                "delivery_rate_margin": round(seen.margin(rate), 4)},
             "blocking": sum(1 for f in findings if f["severity"] == "block"),
             "findings": findings,
             "estimate": self._estimate(spec, per_channel, now),

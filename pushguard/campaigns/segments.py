@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 
 from pushguard.campaigns.filters import Compiled, compile_filter
 from pushguard.exceptions import InputError, NotFound
@@ -115,6 +115,28 @@ class Segments:
         return {"count": n, "sample": [
             {"external_id": r.external_id, "attributes": json.loads(r.attributes),
              "locale": r.locale, "timezone": r.timezone} for r in rows]}
+
+    def sample(self, raw: Any, k: int) -> list[str]:
+        """The ids of a uniform random sample of ``k`` of the matching contacts (every one
+        when no more match), in id order."""
+        c = self.compile(raw)
+        with self.store._read() as conn:
+            return sorted(r[0] for r in conn.execute(text(
+                f"SELECT c.id FROM contacts c WHERE {c.sql} ORDER BY random() LIMIT {int(k)}"),
+                c.params))
+
+    def members_in(self, raw: Any, ids: Sequence[str], *,
+                   page: int = 1000) -> Iterator[list[Any]]:
+        """The contacts among ``ids`` (in id order) that match, a page at a time."""
+        c = self.compile(raw)
+        q = text(f"SELECT c.id, c.external_id, c.attributes, c.locale, c.timezone, "
+                 f"c.quiet_hours FROM contacts c WHERE c.id IN :ids AND {c.sql} "
+                 f"ORDER BY c.id").bindparams(bindparam("ids", expanding=True))
+        for i in range(0, len(ids), page):
+            with self.store._read() as conn:
+                rows = conn.execute(q, {**c.params, "ids": list(ids[i:i + page])}).all()
+            if rows:
+                yield list(rows)
 
     def members(self, raw: Any, *, page: int = PAGE, after: str = "",
                 until: str | None = None) -> Iterator[list[Any]]:

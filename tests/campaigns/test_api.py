@@ -71,7 +71,12 @@ def test_the_life_of_a_campaign_over_http(api: tuple[World, httpx.Client]) -> No
     assert ok(http.get("/v1/campaigns"))["campaigns"][0]["id"] == cid
 
     report = ok(http.post(f"/v1/campaigns/{cid}/preflight"))
-    assert report["recipients"] == 8 and report["blocking"] >= 1
+    assert report["recipients"] == 8 and report["blocking"] >= 1 and report["sample"] is None
+    exact = ok(http.post(f"/v1/campaigns/{cid}/preflight", params={"exact": "true"}))
+    assert exact["predicted"] == report["predicted"]
+    bad = refused(http.post(f"/v1/campaigns/{cid}/preflight", params={"exact": "maybe"}),
+                  422, "validation_error")
+    assert "exact" in str(bad["fields"])
     link = next(f for f in report["findings"] if f["code"].startswith("template.link"))
     assert link["severity"] == "block" and link["url"].endswith("/missing") and link["fix"]
 

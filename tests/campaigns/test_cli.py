@@ -82,7 +82,10 @@ def test_a_campaign_from_the_command_line(env: tuple[World, CLI]) -> None:
 
     report = cli("campaign", "preflight", "spring", rc=1).stdout
     assert "block" in report and "/missing" in report and "fix:" in report
-    assert "8 recipients" in report
+    assert "8 recipients" in report and "random sample" not in report
+    exact = json.loads(cli("campaign", "preflight", "spring", "--exact", "--json",
+                           rc=1).stdout)
+    assert exact["recipients"] == 8 and exact["sample"] is None
 
     refused = cli("campaign", "start", "spring", rc=1)
     assert "fix:" in refused.stderr and "--override" in refused.stderr

@@ -115,6 +115,39 @@ def test_a_survey_split_over_processes_adds_up_to_the_same_report(w: World) -> N
     assert counts(three)["unverified"] == (6, 5) and counts(three)["no_consent"] == (4, 4)
 
 
+def test_a_large_audience_is_estimated_from_a_random_sample_unless_exact(
+    w: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From SAMPLE_FROM recipients on (lowered here), the tallies come from a uniform random
+    sample, scaled up, with the margin of the predicted rate; ``exact`` walks everyone."""
+    from pushguard.campaigns import survey
+
+    w.contacts(95, prefix="ok")  # 100 granted with the fixture's 5
+    w.contacts(100, prefix="pend", consent="pending")
+    w.template("newsletter", html(w.links.url, "/ok"))
+    c = w.campaign(min_predicted_rate=0.1)
+    monkeypatch.setattr(survey, "SAMPLE_FROM", 150)
+    monkeypatch.setattr(survey, "SAMPLE", 80)
+    exact = Preflight(w.app.campaigns).run(c["id"], links=False, exact=True)
+    assert exact["sample"] is None
+    assert exact["recipients"] == 200 and exact["predicted"]["delivered"] == 100
+    for _ in range(2):  # a fresh sample each time
+        est = Preflight(w.app.campaigns).run(c["id"], links=False)
+        sample = est["sample"]
+        assert sample["surveyed"] == 80 and sample["recipients"] == 200
+        assert est["recipients"] == 200
+        rate = est["predicted"]["delivery_rate"]
+        # p = 0.5, k = 80 of 200: the margin is 1.96 * sqrt(.25 / 80 * .6) = 0.085
+        assert sample["delivery_rate_margin"] == pytest.approx(
+            1.96 * (rate * (1 - rate) / 80 * 0.6) ** 0.5, abs=1e-3)
+        assert abs(rate - 0.5) <= 2 * 0.085  # about 4 standard errors: effectively never
+        unverified = {f["code"]: f["count"] for f in est["findings"]}["unverified"]
+        assert unverified + est["predicted"]["delivered"] == 200
+    # below the threshold, the exact walk
+    monkeypatch.setattr(survey, "SAMPLE_FROM", 201)
+    assert Preflight(w.app.campaigns).run(c["id"], links=False)["sample"] is None
+
+
 def test_the_live_check_logs_in_to_each_provider_and_blocks_on_a_dead_one(w: World) -> None:
     """The pre-flight connects to each provider of the campaign's channels as a send would
     (SMTP: connect, EHLO, QUIT; nothing sent): a relay that answers passes, a relay that is
