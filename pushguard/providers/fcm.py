@@ -274,6 +274,12 @@ class AccessTokens:
                 await self._fetch()
             return self._token
 
+    async def fresh(self) -> str:
+        """A token fetched now, whatever is cached (a live check of the credentials)."""
+        async with self._lock:
+            await self._fetch()
+            return self._token
+
     async def refresh(self, rejected: str) -> str:
         """A token other than ``rejected`` (which FCM refused), fetching one unless another
         send already did."""
@@ -387,6 +393,12 @@ class FcmProvider(Provider):
 
     async def close(self) -> None:
         await self.client.close()
+
+    async def check(self) -> bool:
+        """Trade the service account's signed assertion for a fresh access token, as a send
+        would: a revoked key or a wrong token endpoint fails here. Nothing is sent."""
+        await self.tokens.fresh()
+        return True
 
     async def _post(self, body: bytes, token: str) -> Response:
         headers = {"Authorization": f"Bearer {token}",

@@ -121,10 +121,20 @@ class HttpClient:
         if problem is not None:
             raise DeliveryError(taxonomy.VALIDATION_ERROR, problem, provider_code="SSRF_BLOCKED")
 
-    async def post(
-        self, url: str, *, data: bytes, headers: dict[str, str], max_body: int = 64 * 1024
+    async def post(self, url: str, *, data: bytes, headers: dict[str, str],
+                   max_body: int = 64 * 1024) -> Response:
+        return await self.request("POST", url, data=data, headers=headers, max_body=max_body)
+
+    async def get(self, url: str, *, headers: dict[str, str],
+                  max_body: int = 64 * 1024) -> Response:
+        """A read-only call, such as a live check of credentials."""
+        return await self.request("GET", url, data=None, headers=headers, max_body=max_body)
+
+    async def request(
+        self, method: str, url: str, *, data: bytes | None, headers: dict[str, str],
+        max_body: int = 64 * 1024,
     ) -> Response:
-        """POST and return the response, or raise ``DeliveryError`` for transport failures.
+        """Send and return the response, or raise ``DeliveryError`` for transport failures.
 
         A failure after the request was written is an ambiguous outcome (``maybe_sent``): the
         provider may have acted on it, so the retry must carry the same idempotency id.
@@ -135,8 +145,8 @@ class HttpClient:
         self._check_target(url)
         started = time.perf_counter()
         try:
-            async with self._session.post(
-                url, data=data, headers=headers, allow_redirects=False
+            async with self._session.request(
+                method, url, data=data, headers=headers, allow_redirects=False
             ) as resp:
                 body = await resp.content.read(max_body)
                 return Response(resp.status, resp.headers, body, time.perf_counter() - started)

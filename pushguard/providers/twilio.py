@@ -166,6 +166,9 @@ class TwilioProvider(Provider):
         )
         base = str(opts.get("base_url", DEFAULT_BASE_URL)).rstrip("/")
         self.url = f"{base}/2010-04-01/Accounts/{quote(self.account_sid, safe='')}/Messages.json"
+        #: the live check reads one page of the account's messages: standard API keys may
+        #: (they may not read the account itself), and it sends nothing
+        self.check_url = f"{self.url}?PageSize=1"
         service = opts.get("messaging_service_sid")
         # A Messaging Service picks the sender from its pool, so it wins over a fixed From.
         self.sender = (
@@ -253,6 +256,15 @@ class TwilioProvider(Provider):
         if remaining < MAX_VALIDITY_S:
             form["ValidityPeriod"] = str(max(1, int(remaining)))
         return form
+
+    async def check(self) -> bool:
+        """List one message with the send's credentials: wrong ones answer 401 (20003)."""
+        resp = await self.client.get(self.check_url, headers={
+            "Authorization": self._auth, "Accept": "application/json"})
+        error = classify(resp, self.name)
+        if error is not None:
+            raise error
+        return True
 
     async def send(self, delivery: Delivery) -> Receipt:
         form = self.render(delivery)

@@ -71,6 +71,7 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
 def add_routes(app: web.Application) -> None:
     """Register the Twilio and generic gateway routes."""
     app.router.add_post("/twilio/2010-04-01/Accounts/{sid}/Messages.json", _twilio)
+    app.router.add_get("/twilio/2010-04-01/Accounts/{sid}/Messages.json", _twilio_list)
     app.router.add_post("/sms/{gateway}/send", _gateway)
 
 
@@ -97,6 +98,18 @@ def _twilio_password(request: web.Request, state: HttpState, sid: str) -> str | 
     if not password or state.twilio_auth_token not in (None, password):
         return None
     return password
+
+
+async def _twilio_list(request: web.Request) -> web.Response:
+    """The first page of the account's messages (empty): what a credentials check reads."""
+    sid = request.match_info["sid"]
+    if _twilio_password(request, request.app[STATE], sid) is None:
+        resp = twilio_error(401, 20003, "Authenticate")
+        resp.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+        return resp
+    body = {"messages": [], "page": 0, "page_size": 1, "first_page_uri":
+            f"/2010-04-01/Accounts/{sid}/Messages.json?PageSize=1&Page=0"}
+    return json_response(200, json.dumps(body).encode())
 
 
 async def _twilio(request: web.Request) -> web.Response:

@@ -488,3 +488,20 @@ def test_classify_garbage(status: int, body: bytes, ctype: str, cause: str) -> N
 
 def test_classify_success() -> None:
     assert classify(response(200, {"name": "projects/p/messages/1"})) is None
+
+
+async def test_the_live_check_fetches_a_fresh_token_and_sends_nothing(
+    sandbox: Sandbox, provider: FcmProvider, account: Path,
+) -> None:
+    assert await provider.check() is True
+    assert await provider.check() is True  # a new token each time, not the cached one
+    assert provider.tokens.fetches == 2 and len(token_hits(sandbox)) == 2
+    refused = make(sandbox, account, token_uri=f"{sandbox.http_url}/fcm/no-such-endpoint")
+    try:
+        with pytest.raises(DeliveryError) as info:
+            await refused.check()
+        assert (info.value.cause, info.value.provider_code) == (
+            taxonomy.AUTH_CREDENTIALS, "OAUTH 404")
+    finally:
+        await refused.close()
+    assert sandbox.recorder.records("fcm") == []

@@ -364,3 +364,16 @@ async def test_garbled_success_body(make_provider: MakeProvider) -> None:
 async def test_unreachable_provider(make_provider: MakeProvider) -> None:
     err = await failure(await make_provider(base_url="http://127.0.0.1:9/twilio"))
     assert (err.cause, err.provider_code) == (taxonomy.NETWORK_TIMEOUT, "CONNECT_ERROR")
+
+
+async def test_the_live_check_reads_with_the_send_credentials_and_sends_nothing(
+    sandbox: Sandbox, make_provider: MakeProvider,
+) -> None:
+    assert await (await make_provider()).check() is True
+    assert await (await make_provider(api_key_sid="SK0123", api_key_secret=TOKEN)).check()
+    with pytest.raises(DeliveryError) as info:
+        await (await make_provider(auth_token="wrong")).check()
+    err = info.value
+    assert (err.cause, err.provider_code, err.status) == (taxonomy.AUTH_CREDENTIALS, "20003", 401)
+    assert "wrong" not in err.detail
+    assert sandbox.recorder.records("twilio") == []  # no message was sent
