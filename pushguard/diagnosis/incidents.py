@@ -74,6 +74,8 @@ def scope_filter(scope: str, channels_of: dict[str, list[str]]) -> Any:
         return or_(messages.c.last_provider == name,
                    and_(messages.c.last_provider.is_(None),
                         messages.c.channel.in_(channels_of.get(name, []))))
+    if kind == "destinations":  # some of a provider's destinations: its messages
+        return messages.c.last_provider == name
     if kind == "channel":
         return messages.c.channel == name
     if kind == "campaign":

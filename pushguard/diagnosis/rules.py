@@ -157,10 +157,22 @@ class Rules:
             if not c.open_keys:
                 continue  # every process closed it again: clear
             value = float(max(c.opened, 1))
-            out += self._finding(rule, f"provider:{name}", value, int(value),
-                                 f"provider:{name}: circuit open ({', '.join(sorted(c.open_keys))}"
-                                 f"); opened {c.opened} times in the last {rule.window:g} s",
-                                 breakers=sorted(c.open_keys))
+            if name in c.open_keys:  # the provider's own breaker: the provider is down
+                out += self._finding(rule, f"provider:{name}", value, int(value),
+                                     f"provider:{name}: circuit open; opened {c.opened} times "
+                                     f"in the last {rule.window:g} s",
+                                     breakers=sorted(c.open_keys))
+            dests = sorted(k for k in c.open_keys if k != name)
+            if dests:
+                # Breakers per destination (a webhook receiver, a chat webhook): one customer's
+                # dead endpoint is not the provider's outage, so it is its own scope, which a
+                # failover action (provider scopes only) never acts on.
+                shown = ", ".join(d.split(":", 1)[1] for d in dests[:5]) + (
+                    f" and {len(dests) - 5} more" if len(dests) > 5 else "")
+                out += self._finding(rule, f"destinations:{name}", value, int(value),
+                                     f"provider:{name}: circuit open for {len(dests)} "
+                                     f"destination(s) ({shown}); opened {c.opened} times in "
+                                     f"the last {rule.window:g} s", breakers=dests)
         return out
 
     def _reported(self, rule: AlertRule, now: float, reasons: tuple[str, ...],

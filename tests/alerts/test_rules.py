@@ -149,6 +149,31 @@ def test_circuit_transitions_from_a_real_breaker_raise_and_clear(store: SQLStore
     assert len(book.evaluate(force=True)["resolved"]) == 1
 
 
+def test_a_destination_breaker_is_its_own_scope_and_never_fails_the_provider_over(
+    store: SQLStore,
+) -> None:
+    """A per-destination breaker (one receiver of a webhook provider) opening is an alert on
+    ``destinations:<provider>``: the failover action, which holds a whole provider, applies
+    to provider scopes only; the provider's own breaker still grades the provider."""
+    app = make_app(store)
+    router = app.build_pipeline(app.build_providers()).router
+    for key in ("p1:hooks.customer-a.example", "p1:hooks.customer-b.example"):
+        for _ in range(5):
+            router.breaker(key).failure()
+    assert flush_circuits(app, store) == 2
+    book = AlertBook(app)
+    book.evaluate(force=True)
+    found = open_alerts(book)
+    assert set(found) == {"circuit_open destinations:p1"}
+    (row,) = [a for a in book.recent("open") if a["scope"] == "destinations:p1"]
+    assert "2 destination(s)" in row["summary"] and "hooks.customer-a.example" in row["summary"]
+    for _ in range(5):
+        router.breaker("p1").failure()
+    flush_circuits(app, store)
+    book.evaluate(force=True)
+    assert set(open_alerts(book)) == {"circuit_open destinations:p1", "circuit_open provider:p1"}
+
+
 def test_alerts_section_is_validated_with_locations() -> None:
     _, problems = _parse({"channels": {"webhook": {"providers": ["w"]}},
                           "providers": {"w": {"type": "webhook"}},
