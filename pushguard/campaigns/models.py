@@ -45,7 +45,8 @@ class Schedule(BaseModel):
 class AutoPause(BaseModel):
     """Pause the campaign when, of its messages that moved in the last five minutes (and
     since it started, resumed or retried), at least ``min_finished`` were tried and more than
-    ``failure_rate`` of those failed or wait for a retry after a failed try."""
+    ``failure_rate`` of those failed, or wait for or are in a retry after a failed try. A
+    message that handed its recipient to a fallback leg is not counted (the leg is)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -16,12 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 
 from pushguard.campaigns import fanout
 from pushguard.campaigns.service import FAILED, LIVE, Campaigns, hold, spec_of
 from pushguard.exceptions import NotFound
-from pushguard.store.schema import campaign_recipients, campaigns, messages
+from pushguard.store.schema import campaign_recipients, campaigns, events, messages
 
 if TYPE_CHECKING:
     from pushguard.app import App
@@ -32,8 +32,6 @@ LEASE = 60.0
 JUDGE_EVERY = 5.0
 #: auto-pause judges the messages that moved in this many recent seconds
 WINDOW = 300.0
-#: a message failing now: for good, or waiting for its next try after a failed one
-FAILING = (*FAILED, "retry_scheduled")
 #: how long one tick may fan one campaign out before it looks at the others
 SLICE = 2.0
 
@@ -118,33 +116,58 @@ class Runner:
             return False
         since = max(float(json.loads(row.spec).get("window_from") or row.started_at or 0),
                     time.time() - WINDOW)
-        # a message waiting for a try it never failed (paced to a provider's rate, or an open
-        # circuit before its first try) has no cause: it was not tried, so it is not judged;
-        # nor is one whose worker died holding it (INTERNAL_CRASH): the provider did not fail
-        tried = or_(messages.c.state != "retry_scheduled",
-                    and_(messages.c.last_cause.is_not(None),
-                         messages.c.last_cause != "INTERNAL_CRASH"))
-        with self.campaigns.store._read() as conn:
-            counts = Counter({st: int(n) for st, n in conn.execute(
-                select(messages.c.state, func.count()).where(
-                    messages.c.campaign_id == row.id,
-                    messages.c.state.in_(("delivered", *FAILING)),
-                    messages.c.updated_at >= since, tried)
-                .group_by(messages.c.state))})
-            judged = sum(counts.values())
-            failing = sum(counts[s] for s in FAILING)
-            if judged < rule.min_finished or failing / judged <= rule.failure_rate:
-                return False
-            causes = conn.execute(
-                select(messages.c.last_cause, func.count()).where(
-                    messages.c.campaign_id == row.id, messages.c.state.in_(FAILING),
-                    messages.c.updated_at >= since, tried).group_by(messages.c.last_cause)
-                .order_by(func.count().desc()).limit(3)).all()
-        top = ", ".join(f"{cause} ({n})" for cause, n in causes)
+        judged, failing, causes = self._judge(row.id, since)
+        if judged < rule.min_finished or failing / judged <= rule.failure_rate:
+            return False
+        top = ", ".join(f"{cause} ({n})" for cause, n in causes.most_common(3))
         self.campaigns.pause(row.id, actor="auto-pause", reason=(
             f"auto-pause: {failing} of the last {judged} messages tried failed or are being "
             f"retried ({failing / judged:.0%} > {rule.failure_rate:.0%}); top causes: {top}"))
         return True
+
+    def _judge(self, cid: str, since: float) -> tuple[int, int, Counter[str]]:
+        """Of the campaign's messages that moved since ``since``: how many are judged, how
+        many of those are failing, and their causes. Three reads driven by the campaign's
+        index, each small: a subquery in one statement let PostgreSQL hash the whole events
+        table, or every leg of every campaign, on each judgement."""
+        m = messages
+        moved = (m.c.campaign_id == cid, m.c.updated_at >= since)
+        # a message waiting for a try it never failed (paced to a provider's rate, or an open
+        # circuit before its first try) has no cause: it was not tried, so it is not judged;
+        # nor is one whose worker died holding it (INTERNAL_CRASH): the provider did not fail
+        failed_before = and_(m.c.last_cause.is_not(None), m.c.last_cause != "INTERNAL_CRASH")
+        leg = m.alias("leg")
+        with self.campaigns.store._read() as conn:
+            at_rest = conn.execute(select(m.c.state, m.c.last_cause, func.count()).where(
+                *moved, or_(m.c.state.in_(("delivered", *FAILED)),
+                            and_(m.c.state == "retry_scheduled", failed_before)))
+                .group_by(m.c.state, m.c.last_cause)).all()
+            # failed for good, but handed the recipient to the next channel (a fallback leg):
+            # nobody was lost, and the leg is judged in its place
+            handed = conn.execute(select(m.c.last_cause, func.count()).where(
+                *moved, m.c.state.in_(FAILED),
+                exists().where(leg.c.parent_id.is_not(None), leg.c.parent_id == m.c.id))
+                .group_by(m.c.last_cause)).all()
+            # being sent again after a failed try: being retried, as one waiting for its retry
+            # is. A claim moves updated_at, so the failed try's own event must fall in the
+            # window (a resume releases messages that failed before it, and its note is no try)
+            again = conn.execute(select(m.c.last_cause, func.count()).where(
+                *moved, m.c.state == "sending", failed_before, exists().where(
+                    events.c.message_id == m.c.id, events.c.at >= since,
+                    events.c.src == "sending", events.c.dst == "retry_scheduled"))
+                .group_by(m.c.last_cause)).all()
+        delivered = sum(int(n) for state, _, n in at_rest if state == "delivered")
+        causes: Counter[str] = Counter()
+        for state, cause, n in at_rest:
+            if state != "delivered":
+                causes[cause or "UNKNOWN"] += int(n)
+        for cause, n in handed:
+            causes[cause or "UNKNOWN"] -= int(n)
+        for cause, n in again:
+            causes[cause] += int(n)
+        causes = +causes  # drop what the legs cancelled
+        failing = sum(causes.values())
+        return delivered + failing, failing, causes
 
     def finish_if_done(self, cid: str) -> bool:
         c = self.campaigns

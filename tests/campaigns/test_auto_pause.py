@@ -229,3 +229,72 @@ def test_a_crashed_worker_does_not_pause_the_campaign(tmp_path: Path) -> None:
             conn.execute(text("UPDATE messages SET last_cause = 'PROVIDER_OUTAGE' "
                               "WHERE campaign_id = :c"), {"c": cid})
         assert runner.auto_pause(w.app.campaigns.find(cid))
+
+
+def test_failures_handed_to_a_fallback_channel_do_not_pause_the_campaign(
+    tmp_path: Path,
+) -> None:
+    """Judged by recipients: a message that failed for good but whose recipient went on to
+    the next channel (a fallback leg) lost nobody; the legs are judged instead."""
+    from sqlalchemy import insert
+
+    from pushguard.store.schema import messages
+
+    with world(tmp_path) as w:
+        cid = _setup(w, 60)
+        c = w.app.campaigns
+        runner = Runner(c)
+        runner.tick()
+        rows = campaign_messages(w.app, cid)
+        assert len(rows) == 60
+        now = time.time()
+        with c.store._write() as conn:
+            conn.execute(text("UPDATE messages SET state = 'failed', last_cause = "
+                              "'UNREGISTERED_TOKEN', updated_at = :now WHERE campaign_id = :c"),
+                         {"c": cid, "now": now})
+            conn.execute(insert(messages), [{
+                "id": f"leg{i}", "channel": "email", "to_addr": f"leg{i}@example.com",
+                "content": "{}", "priority": 1, "state": "delivered",
+                "accepted_state": "queued", "created_at": now, "updated_at": now,
+                "next_at": now, "expires_at": now + 3600, "attempts": 1, "lost_leases": 0,
+                "parent_id": r.id, "campaign_id": cid} for i, r in enumerate(rows)])
+        assert not runner.auto_pause(c.find(cid))  # 60 failed, 60 reached by their legs
+        with c.store._write() as conn:  # the legs failing too is a lost audience
+            conn.execute(text("UPDATE messages SET state = 'failed', last_cause = "
+                              "'PROVIDER_OUTAGE' WHERE parent_id IS NOT NULL AND "
+                              "campaign_id = :c"), {"c": cid})
+        assert runner.auto_pause(c.find(cid))
+        assert "PROVIDER_OUTAGE (60)" in (c.find(cid).paused_reason or "")
+
+
+@pytest.mark.parametrize(("age", "src", "judged"), [
+    (0, "sending", True),  # its last try failed just now
+    (3600, "sending", False),  # before the window
+    (0, None, False),  # a note (a resume's release) is no try
+])
+def test_a_message_being_retried_counts_while_it_is_in_flight(
+    tmp_path: Path, age: float, src: str | None, judged: bool,
+) -> None:
+    """A worker with many slots holds most of a small campaign in flight at once: a message
+    being sent again after a failed try is failing, as one waiting for its retry is, or the
+    judge sees too few messages to judge until every one has failed for good. A claim moves
+    updated_at, so the failed try's own event dates it: one that failed before the window (a
+    message a resume released) is not judged until its next try ends."""
+    with world(tmp_path, relays={"primary": OUTAGE}) as w:
+        cid = _setup(w, 60)
+        c = w.app.campaigns
+        runner = Runner(c)
+        runner.tick()
+        rows = campaign_messages(w.app, cid)
+        assert len(rows) == 60
+        now = time.time()
+        with c.store._write() as conn:
+            conn.execute(text("UPDATE messages SET state = 'sending', attempts = 1, "
+                              "last_cause = 'PROVIDER_OUTAGE', updated_at = :now "
+                              "WHERE campaign_id = :c"), {"c": cid, "now": now})
+            conn.execute(text("INSERT INTO events (message_id, at, src, dst, reason, cause) "
+                              "VALUES (:m, :at, :src, 'retry_scheduled', 'x', 'PROVIDER_OUTAGE')"),
+                         [{"m": r.id, "at": now - age, "src": src} for r in rows])
+        assert runner.auto_pause(c.find(cid)) is judged
+        if judged:
+            assert "PROVIDER_OUTAGE (60)" in (c.find(cid).paused_reason or "")
