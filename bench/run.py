@@ -110,8 +110,8 @@ def pushguard_round(db: SQLiteDB | PostgresDB, *, sandbox: procs.Child, hook: st
 
     sb0, m0 = procs.cpu_seconds(sandbox.pid), procs.machine_ticks()
     t0 = time.perf_counter()
-    # One worker process (the measure); more only as an experiment (--workers), sharing the
-    # same total concurrency.
+    # One worker process per usable core (the measure, as an operator would run them on this
+    # machine), sharing the same total concurrency as the raw loop; --workers changes it.
     each = max(1, concurrency // workers)
     children = [procs.start_worker(env, logdir, logdir, concurrency=each,
                                    batch=min(batch, each), name=f"worker-{db.kind}-{i}",
@@ -433,13 +433,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch", default="",
                     help="experiment: run the worker with bench.whatif patches (comma-separated);"
                     " results go to <timestamp>-whatif.json, never latest.json")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="experiment: worker processes sharing --concurrency (whatif output)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="worker processes sharing --concurrency (default: one per usable "
+                    "core); another count is an experiment (whatif output)")
     ap.add_argument("--no-channels", action="store_true",
                     help="skip bench.channels (email, APNs, FCM, Web Push next to plain clients)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
+    per_core = len(os.sched_getaffinity(0))
+    args.workers = args.workers or per_core
+    experiment = bool(args.patch or args.no_sqlite or args.workers != per_core)
     batch = args.batch or args.concurrency
     started = time.perf_counter()
     when = datetime.now(UTC)
@@ -546,14 +550,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(res, indent=2, sort_keys=False) + "\n"
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
-    if args.patch or args.no_sqlite or args.workers != 1:
+    if experiment:
         path = args.out / f"{stamp}-whatif.json"
     else:
         path = args.out / "latest.json"
         (args.out / f"{stamp}.json").write_text(text)
     path.write_text(text)
     print(f"wrote {path}")
-    if not (args.no_channels or args.patch or args.no_sqlite or args.workers != 1):
+    if not (args.no_channels or experiment):
         log("channels: the real channels next to plain clients (python -m bench.channels)")
         channels.main(["--out", str(args.out)] + (["--repeat", "1"] if args.quick else []))
     return 0
