@@ -224,7 +224,7 @@ class Intake:
         content = item.content if item.template is None else self._render(
             item.template, item.channel, contact_id, f("template"))
         assert content is not None
-        to = self._target(item.channel, to_raw, content, prefix, memo)
+        to, encoded = self._checked(item.channel, to_raw, content, prefix, memo)
         key = item.idempotency_key
         if header_key is not None:
             if key is not None and key != header_key:
@@ -260,6 +260,7 @@ class Intake:
             contact_id=contact_id,
             confirm_within=item.confirm_within,
             template=item.template.name if item.template is not None else None,
+            content_json=encoded,
         )
         if item.confirm_within is not None and not legs:
             raise InputError(f("confirm_within"), "needs a fallback chain to fall back to")
@@ -273,7 +274,7 @@ class Intake:
                 send_at=msg.send_at, ttl=msg.ttl,
                 idempotency_key=f"{key}#device{i}" if key is not None else None,
                 fallback=legs, contact_id=contact_id, confirm_within=item.confirm_within,
-                fanout_of=msg.id, template=msg.template,
+                fanout_of=msg.id, template=msg.template, content_json=encoded,
             )
             if key is not None:
                 one.request_hash = request_hash(one)
@@ -324,6 +325,14 @@ class Intake:
         """Check one channel + address + content; returns the normalised address.
         ``stored``: the address is a contact's, normalised when it was written (a campaign's
         fan-out), so only the content is checked."""
+        return self._checked(channel, to, content, prefix, memo, stored=stored)[0]
+
+    def _checked(
+        self, channel: str, to: str, content: dict[str, Any], prefix: str,
+        memo: dict[tuple[str, str], str] | None = None, *, stored: bool = False,
+    ) -> tuple[str, str]:
+        """:meth:`_target`, also returning the content as stored (its size was checked on
+        that encoding, which the store then reuses instead of encoding it again)."""
         if channel not in CHANNELS:
             raise InputError(
                 prefix + "channel",
@@ -342,7 +351,8 @@ class Intake:
                 self.mail_domains.check(address, prefix + "to")
             if memo is not None:
                 memo[(channel, to)] = address
-        size = len(json.dumps(content, separators=(",", ":")).encode())
+        encoded = json.dumps(content, separators=(",", ":"))
+        size = len(encoded.encode())
         if size > self.settings.max_content_bytes:
             raise InputError(
                 prefix + "content",
@@ -353,7 +363,7 @@ class Intake:
                 provider_class(pc.type).validate_content(channel, content)
             except InputError as exc:
                 raise InputError(prefix + exc.field, exc.problem) from exc
-        return address
+        return address, encoded
 
     def submit(
         self, messages: Sequence[NewMessage], *, scope: str

@@ -53,6 +53,8 @@ class NewMessage:
     #: a provider to try last (a retry after it failed), or ``+name``: one to try first
     avoid_provider: str | None = None
     id: str = field(default_factory=new_id)
+    #: ``content`` as stored (compact JSON), when intake already encoded it to check its size
+    content_json: str | None = field(default=None, repr=False, compare=False)
 
 
 def next_leg(parent_id: str, legs: list[dict[str, Any]], *, topic: str | None, priority: int,

@@ -236,12 +236,12 @@ def _message(c: Campaigns, campaign_id: str, spec: CampaignIn, composer: Compose
         "priority": PRIORITIES[spec.priority], "ttl": spec.ttl, "fallback": legs,
         "contact_id": t.id, "campaign_id": campaign_id,
         "template": composer.template_of(t.step, r.variant), "avoid_provider": avoid}
-    m = NewMessage(to=intake._target(t.channel, t.address, content, "", memo, stored=True),
-                   idempotency_key=key, **common)
+    to, encoded = intake._checked(t.channel, t.address, content, "", memo, stored=True)
+    m = NewMessage(to=to, idempotency_key=key, content_json=encoded, **common)
     for i, device in enumerate(t.devices, start=1):
         m.fanout.append(NewMessage(to=intake._target(t.channel, device, content, "", memo,
                                                      stored=True),
                                    idempotency_key=f"{key}#device{i}", fanout_of=m.id,
-                                   **common))
+                                   content_json=encoded, **common))
     return m
 

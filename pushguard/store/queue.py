@@ -9,6 +9,7 @@ SQLite and PostgreSQL; ``?`` marks become ``%s`` for psycopg.
 from __future__ import annotations
 
 import json
+import operator
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -102,7 +103,8 @@ def message_row(
         "id": m.id,
         "channel": m.channel,
         "to_addr": m.to,
-        "content": json.dumps(m.content, separators=(",", ":")),
+        "content": m.content_json if m.content_json is not None
+        else json.dumps(m.content, separators=(",", ":")),
         "topic": m.topic,
         "priority": m.priority,
         "state": state.value,
@@ -168,6 +170,22 @@ class QueueSQL:
             )
             for r in rows
         ]
+
+    def insert_messages(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """New ``messages`` rows (:func:`message_row`'s dicts, all with the same keys), as
+        tuples straight to the driver: SQLAlchemy's parameter processing, per row and per
+        column, was a third of what a batch of 1000 cost the API."""
+        if not rows:
+            return
+        cols = tuple(rows[0])
+        get = operator.itemgetter(*cols)
+        sql = f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        conn.exec_driver_sql(self._sql(sql), [get(r) for r in rows])
+
+    def add_events(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """``events`` rows as (message_id, at, src, dst, reason, cause) tuples."""
+        if rows:
+            self._events(conn, rows)
 
     def early_receipts(self, conn: Connection, ids: Sequence[str]) -> list[Any]:
         """Receipts that arrived before these messages' outcomes (almost always none)."""

@@ -234,7 +234,7 @@ class SQLStore(Store):
             self.gate.check(conn, gated, now, sending=False)
             stops = {g.id: g for g in gated}
             rows: list[dict[str, Any]] = []
-            evs: list[dict[str, Any]] = []
+            evs: list[tuple[Any, ...]] = []
             for i, m in enumerate(items):
                 if m.idempotency_key is not None:
                     prior = seen.get(m.idempotency_key)
@@ -265,15 +265,12 @@ class SQLStore(Store):
                 reason = f"accepted; {state.value} by {stop.rule}: {stop.detail}" if stop else (
                     "accepted; scheduled" if m.send_at and m.send_at > now else "accepted"
                 )
-                evs.append(
-                    {"message_id": m.id, "at": now, "src": State.ACCEPTED.value,
-                     "dst": state.value, "reason": reason,
-                     "cause": stop.cause if stop else None}
-                )
+                evs.append((m.id, now, State.ACCEPTED.value, state.value, reason,
+                            stop.cause if stop else None))
                 results[i] = Accepted(m.id, state)
             if rows:
-                conn.execute(insert(messages), rows)
-                conn.execute(insert(events), evs)
+                self._queue.insert_messages(conn, rows)
+                self._queue.add_events(conn, evs)
             done = [r for r in results if r is not None]
             if also is not None:
                 also(conn, done)
@@ -397,11 +394,10 @@ class SQLStore(Store):
             conn, [o.id for o in outcomes if o.state is State.DELIVERED], now)
         legs = [o.fallback_leg for o in outcomes if o.fallback_leg is not None]
         if legs:
-            conn.execute(insert(messages), [message_row(m, now, State.QUEUED) for m in legs])
-            conn.execute(insert(events), [
-                {"message_id": m.id, "at": now, "src": State.ACCEPTED.value,
-                 "dst": State.QUEUED.value, "reason": f"fallback leg of {m.parent_id}",
-                 "cause": None} for m in legs])
+            self._queue.insert_messages(conn, [message_row(m, now, State.QUEUED) for m in legs])
+            self._queue.add_events(conn, [
+                (m.id, now, State.ACCEPTED.value, State.QUEUED.value,
+                 f"fallback leg of {m.parent_id}", None) for m in legs])
         back = [m.id for m in legs if m.campaign_id is not None] + [
             o.id for o in outcomes if o.state in _BACK]
         if back:

@@ -31,6 +31,24 @@ def test_enqueue_commits_queued_message_with_history(store: SQLStore) -> None:
     assert view.content == {"n": 1}
 
 
+def test_enqueue_stores_the_content_intake_encoded_or_encodes_it(store: SQLStore) -> None:
+    """Intake encodes the content to check its size and hands the encoding on; a message
+    built elsewhere (a fallback leg, a test) has none, and the store encodes it. Every column
+    of the row goes to the driver as given, in one statement for the batch."""
+    content = {"title": "Hé", "n": [1, 2.5, None]}
+    given = NewMessage(channel="webhook", to="https://example.com/h", content=content,
+                       content_json='{"title":"Hé","n":[1,2.5,null]}')
+    plain = NewMessage(channel="webhook", to="https://example.com/h", content=content,
+                       topic="news", priority=0, ttl=120)
+    a, b = store.enqueue([given, plain], scope="k")
+    assert isinstance(a, Accepted) and isinstance(b, Accepted)
+    for r, m in ((a, given), (b, plain)):
+        view = store.get(r.id)
+        assert view is not None and view.content == content
+        assert (view.channel, view.to, view.topic) == (m.channel, m.to, m.topic)
+        assert view.expires_at - view.created_at == pytest.approx(m.ttl)
+
+
 def test_idempotency_replays_same_body_and_refuses_another(store: SQLStore) -> None:
     (first,) = store.enqueue([msg(idempotency_key="k1", request_hash="h1")], scope="a")
     (again,) = store.enqueue([msg(idempotency_key="k1", request_hash="h1")], scope="a")
