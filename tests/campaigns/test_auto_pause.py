@@ -9,6 +9,7 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -33,6 +34,16 @@ def _setup(w: World, n: int) -> str:
     c = w.campaign(auto_pause={"failure_rate": 0.2, "min_finished": 50})
     w.app.campaigns.start(c["id"], actor="test")
     return str(c["id"])
+
+
+def _fanned_out(w: World, n: int) -> tuple[Runner, str, list[Any]]:
+    """A started campaign of ``n`` recipients, fanned out by one tick of its runner."""
+    cid = _setup(w, n)
+    runner = Runner(w.app.campaigns)
+    runner.tick()
+    rows = campaign_messages(w.app, cid)
+    assert len(rows) == n
+    return runner, cid, rows
 
 
 def _recover(w: World) -> None:
@@ -241,12 +252,8 @@ def test_failures_handed_to_a_fallback_channel_do_not_pause_the_campaign(
     from pushguard.store.schema import messages
 
     with world(tmp_path) as w:
-        cid = _setup(w, 60)
         c = w.app.campaigns
-        runner = Runner(c)
-        runner.tick()
-        rows = campaign_messages(w.app, cid)
-        assert len(rows) == 60
+        runner, cid, rows = _fanned_out(w, 60)
         now = time.time()
         with c.store._write() as conn:
             conn.execute(text("UPDATE messages SET state = 'failed', last_cause = "
@@ -281,12 +288,8 @@ def test_a_message_being_retried_counts_while_it_is_in_flight(
     updated_at, so the failed try's own event dates it: one that failed before the window (a
     message a resume released) is not judged until its next try ends."""
     with world(tmp_path, relays={"primary": OUTAGE}) as w:
-        cid = _setup(w, 60)
         c = w.app.campaigns
-        runner = Runner(c)
-        runner.tick()
-        rows = campaign_messages(w.app, cid)
-        assert len(rows) == 60
+        runner, cid, rows = _fanned_out(w, 60)
         now = time.time()
         with c.store._write() as conn:
             conn.execute(text("UPDATE messages SET state = 'sending', attempts = 1, "
