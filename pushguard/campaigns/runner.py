@@ -138,31 +138,40 @@ class Runner:
         failed_before = and_(m.c.last_cause.is_not(None), m.c.last_cause != "INTERNAL_CRASH")
         leg = m.alias("leg")
         with self.campaigns.store._read() as conn:
+            if self.campaigns.store.dialect == "postgresql":  # the three reads, one snapshot
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
             at_rest = conn.execute(select(m.c.state, m.c.last_cause, func.count()).where(
                 *moved, or_(m.c.state.in_(("delivered", *FAILED)),
                             and_(m.c.state == "retry_scheduled", failed_before)))
                 .group_by(m.c.state, m.c.last_cause)).all()
-            # failed for good, but handed the recipient to the next channel (a fallback leg):
-            # nobody was lost, and the leg is judged in its place
-            handed = conn.execute(select(m.c.last_cause, func.count()).where(
-                *moved, m.c.state.in_(FAILED),
-                exists().where(leg.c.parent_id.is_not(None), leg.c.parent_id == m.c.id))
-                .group_by(m.c.last_cause)).all()
+            # handed the recipient to the next channel (a fallback leg): failed for good, or
+            # delivered but never confirmed. The leg is judged in its place, unless the gate
+            # suppressed it: then nobody was reached, and the message counts
+            handed = conn.execute(select(m.c.state, m.c.last_cause, func.count()).where(
+                *moved, m.c.state.in_(("delivered", *FAILED)), exists().where(
+                    leg.c.parent_id.is_not(None), leg.c.parent_id == m.c.id,
+                    leg.c.state != "suppressed"))
+                .group_by(m.c.state, m.c.last_cause)).all()
             # being sent again after a failed try: being retried, as one waiting for its retry
             # is. A claim moves updated_at, so the failed try's own event must fall in the
-            # window (a resume releases messages that failed before it, and its note is no try)
+            # window: a resume's note is no try, nor is a wait for pacing or an open circuit
+            # (those events carry no cause), nor a worker's crash
             again = conn.execute(select(m.c.last_cause, func.count()).where(
                 *moved, m.c.state == "sending", failed_before, exists().where(
                     events.c.message_id == m.c.id, events.c.at >= since,
-                    events.c.src == "sending", events.c.dst == "retry_scheduled"))
+                    events.c.src == "sending", events.c.dst == "retry_scheduled",
+                    events.c.cause.is_not(None), events.c.cause != "INTERNAL_CRASH"))
                 .group_by(m.c.last_cause)).all()
         delivered = sum(int(n) for state, _, n in at_rest if state == "delivered")
         causes: Counter[str] = Counter()
         for state, cause, n in at_rest:
             if state != "delivered":
                 causes[cause or "UNKNOWN"] += int(n)
-        for cause, n in handed:
-            causes[cause or "UNKNOWN"] -= int(n)
+        for state, cause, n in handed:
+            if state == "delivered":
+                delivered -= int(n)
+            else:
+                causes[cause or "UNKNOWN"] -= int(n)
         for cause, n in again:
             causes[cause] += int(n)
         causes = +causes  # drop what the legs cancelled

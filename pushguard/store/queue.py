@@ -178,6 +178,8 @@ class QueueSQL:
         if not rows:
             return
         cols = tuple(rows[0])
+        if any(len(r) != len(cols) for r in rows):  # with itemgetter's KeyError: same keys
+            raise ValueError("message rows of one batch must have the same columns")
         get = operator.itemgetter(*cols)
         sql = f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         conn.exec_driver_sql(self._sql(sql), [get(r) for r in rows])

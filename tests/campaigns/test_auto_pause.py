@@ -242,11 +242,16 @@ def test_a_crashed_worker_does_not_pause_the_campaign(tmp_path: Path) -> None:
         assert runner.auto_pause(w.app.campaigns.find(cid))
 
 
+@pytest.mark.parametrize(("legs_end", "top"), [
+    ("failed", "PROVIDER_OUTAGE (60)"),  # the legs failing is judged as the legs
+    ("suppressed", "UNREGISTERED_TOKEN (60)"),  # legs the gate stopped reached nobody
+])
 def test_failures_handed_to_a_fallback_channel_do_not_pause_the_campaign(
-    tmp_path: Path,
+    tmp_path: Path, legs_end: str, top: str,
 ) -> None:
     """Judged by recipients: a message that failed for good but whose recipient went on to
-    the next channel (a fallback leg) lost nobody; the legs are judged instead."""
+    the next channel (a fallback leg) lost nobody; the legs are judged instead, unless the
+    gate suppressed them, when the messages count again."""
     from sqlalchemy import insert
 
     from pushguard.store.schema import messages
@@ -267,20 +272,22 @@ def test_failures_handed_to_a_fallback_channel_do_not_pause_the_campaign(
                 "parent_id": r.id, "campaign_id": cid} for i, r in enumerate(rows)])
         assert not runner.auto_pause(c.find(cid))  # 60 failed, 60 reached by their legs
         with c.store._write() as conn:  # the legs failing too is a lost audience
-            conn.execute(text("UPDATE messages SET state = 'failed', last_cause = "
+            conn.execute(text("UPDATE messages SET state = :s, last_cause = "
                               "'PROVIDER_OUTAGE' WHERE parent_id IS NOT NULL AND "
-                              "campaign_id = :c"), {"c": cid})
+                              "campaign_id = :c"), {"c": cid, "s": legs_end})
         assert runner.auto_pause(c.find(cid))
-        assert "PROVIDER_OUTAGE (60)" in (c.find(cid).paused_reason or "")
+        assert top in (c.find(cid).paused_reason or "")
 
 
-@pytest.mark.parametrize(("age", "src", "judged"), [
-    (0, "sending", True),  # its last try failed just now
-    (3600, "sending", False),  # before the window
-    (0, None, False),  # a note (a resume's release) is no try
+@pytest.mark.parametrize(("age", "src", "cause", "judged"), [
+    (0, "sending", "PROVIDER_OUTAGE", True),  # its last try failed just now
+    (3600, "sending", "PROVIDER_OUTAGE", False),  # before the window
+    (0, None, None, False),  # a note (a resume's release) is no try
+    (0, "sending", None, False),  # a wait for pacing or an open circuit is no failed try
+    (0, "sending", "INTERNAL_CRASH", False),  # nor is a worker's crash
 ])
 def test_a_message_being_retried_counts_while_it_is_in_flight(
-    tmp_path: Path, age: float, src: str | None, judged: bool,
+    tmp_path: Path, age: float, src: str | None, cause: str | None, judged: bool,
 ) -> None:
     """A worker with many slots holds most of a small campaign in flight at once: a message
     being sent again after a failed try is failing, as one waiting for its retry is, or the
@@ -296,8 +303,9 @@ def test_a_message_being_retried_counts_while_it_is_in_flight(
                               "last_cause = 'PROVIDER_OUTAGE', updated_at = :now "
                               "WHERE campaign_id = :c"), {"c": cid, "now": now})
             conn.execute(text("INSERT INTO events (message_id, at, src, dst, reason, cause) "
-                              "VALUES (:m, :at, :src, 'retry_scheduled', 'x', 'PROVIDER_OUTAGE')"),
-                         [{"m": r.id, "at": now - age, "src": src} for r in rows])
+                              "VALUES (:m, :at, :src, 'retry_scheduled', 'x', :cause)"),
+                         [{"m": r.id, "at": now - age, "src": src, "cause": cause}
+                          for r in rows])
         assert runner.auto_pause(c.find(cid)) is judged
         if judged:
             assert "PROVIDER_OUTAGE (60)" in (c.find(cid).paused_reason or "")
