@@ -309,3 +309,38 @@ def test_a_message_being_retried_counts_while_it_is_in_flight(
         assert runner.auto_pause(c.find(cid)) is judged
         if judged:
             assert "PROVIDER_OUTAGE (60)" in (c.find(cid).paused_reason or "")
+
+
+def test_a_delivery_whose_confirmation_leg_took_over_is_judged_by_the_leg(
+    tmp_path: Path,
+) -> None:
+    """A delivered message that was never confirmed hands its recipient to its leg: the
+    delivery does not count as a success beside the leg's failure (60 of 60 failing, not 60
+    of 120, which would stay under a 60 % threshold)."""
+    from sqlalchemy import insert
+
+    from pushguard.store.schema import messages
+
+    with world(tmp_path) as w:
+        w.topic("news")
+        w.template("newsletter", HTML)
+        w.contacts(60)
+        c = w.app.campaigns
+        cid = w.campaign(auto_pause={"failure_rate": 0.6, "min_finished": 50})["id"]
+        c.start(cid, actor="test")
+        runner = Runner(c)
+        runner.tick()
+        rows = campaign_messages(w.app, cid)
+        now = time.time()
+        with c.store._write() as conn:
+            conn.execute(text("UPDATE messages SET state = 'delivered', updated_at = :now "
+                              "WHERE campaign_id = :c"), {"c": cid, "now": now})
+            conn.execute(insert(messages), [{
+                "id": f"leg{i}", "channel": "email", "to_addr": f"leg{i}@example.com",
+                "content": "{}", "priority": 1, "state": "failed",
+                "last_cause": "MAILBOX_UNAVAILABLE", "accepted_state": "queued",
+                "created_at": now, "updated_at": now, "next_at": now,
+                "expires_at": now + 3600, "attempts": 1, "lost_leases": 0,
+                "parent_id": r.id, "campaign_id": cid} for i, r in enumerate(rows)])
+        assert runner.auto_pause(c.find(cid))
+        assert "60 of the last 60" in (c.find(cid).paused_reason or "")
