@@ -24,6 +24,8 @@ from pushguard.views import rfc3339
 
 #: contacts read per query when walking a segment
 PAGE = 5000
+#: the columns of a member row (what a campaign page reads of each contact)
+_MEMBER = "c.id, c.external_id, c.attributes, c.locale, c.timezone, c.quiet_hours"
 
 
 class SegmentIn(BaseModel):
@@ -129,8 +131,7 @@ class Segments:
                    page: int = 1000) -> Iterator[list[Any]]:
         """The contacts among ``ids`` (in id order) that match, a page at a time."""
         c = self.compile(raw)
-        q = text(f"SELECT c.id, c.external_id, c.attributes, c.locale, c.timezone, "
-                 f"c.quiet_hours FROM contacts c WHERE c.id IN :ids AND {c.sql} "
+        q = text(f"SELECT {_MEMBER} FROM contacts c WHERE c.id IN :ids AND {c.sql} "
                  f"ORDER BY c.id").bindparams(bindparam("ids", expanding=True))
         for i in range(0, len(ids), page):
             with self.store._read() as conn:
@@ -148,8 +149,7 @@ class Segments:
         while True:
             with self.store._read() as conn:
                 rows = conn.execute(text(
-                    f"SELECT c.id, c.external_id, c.attributes, c.locale, c.timezone, "
-                    f"c.quiet_hours FROM contacts c WHERE c.id > :after {bound}AND {c.sql} "
+                    f"SELECT {_MEMBER} FROM contacts c WHERE c.id > :after {bound}AND {c.sql} "
                     f"ORDER BY c.id LIMIT {int(page)}"),
                     {**c.params, "after": after, "until": until}).all()
             if not rows:

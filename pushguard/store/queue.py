@@ -159,7 +159,7 @@ class QueueSQL:
             conn.exec_driver_sql(self._sql(_LEASE, len(chunk)),
                                  (owner, now + lease, now, *chunk))
         reason = f"claimed by {owner}"
-        self._events(conn, [(r[0], now, r[7], "sending", reason, None) for r in rows])
+        self.add_events(conn, [(r[0], now, r[7], "sending", reason, None) for r in rows])
         return [
             Job(
                 id=r[0], channel=r[1], to=r[2], content=json.loads(r[3]), topic=r[4],
@@ -183,11 +183,6 @@ class QueueSQL:
         get = operator.itemgetter(*cols)
         sql = f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         conn.exec_driver_sql(self._sql(sql), [get(r) for r in rows])
-
-    def add_events(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        """``events`` rows as (message_id, at, src, dst, reason, cause) tuples."""
-        if rows:
-            self._events(conn, rows)
 
     def early_receipts(self, conn: Connection, ids: Sequence[str]) -> list[Any]:
         """Receipts that arrived before these messages' outcomes (almost always none)."""
@@ -236,10 +231,13 @@ class QueueSQL:
             conn.exec_driver_sql(self._sql(_OUTCOME), ups)
             if atts:
                 conn.exec_driver_sql(self._sql(_ATTEMPT), atts)
-        self._events(conn, evs)
+        self.add_events(conn, evs)
         return sups
 
-    def _events(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def add_events(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """``events`` rows as (message_id, at, src, dst, reason, cause) tuples."""
+        if not rows:
+            return
         if self.pg:
             conn.exec_driver_sql(_EVENT_PG, _columns(rows, floats=(1,)))
         else:

@@ -1,7 +1,8 @@
 """Alembic migrations, run programmatically on a connection the store already holds.
 
-``pushguard db upgrade`` and ``pushguard serve`` call :func:`upgrade`; ``/readyz`` calls
-:func:`is_current`.
+``pushguard db upgrade`` and ``pushguard serve`` call :func:`upgrade`. Whether a database is
+current is read without Alembic (``SQLStore.schema_is_current``, against ``HEAD_REVISION``,
+which a test keeps equal to :func:`head`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
@@ -30,11 +30,3 @@ def head() -> str | None:
 
 def upgrade(connection: Connection, revision: str = "head") -> None:
     command.upgrade(alembic_config(connection), revision)
-
-
-def current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
-
-
-def is_current(connection: Connection) -> bool:
-    return current(connection) == head()
