@@ -15,8 +15,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from yarl import URL
 
 from pushguard.exceptions import HeaderInjection, InvalidAddress
@@ -107,6 +105,10 @@ def _email(to: str, field: str) -> str:
             raise InvalidAddress(
                 field, f"contains {sep!r}: give exactly one email address per recipient"
             )
+    # Imported here: only intake validates addresses, and a worker (which imports this module
+    # for check_header_value) should not pay for these two at start-up.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         result = validate_email(to, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -125,6 +127,8 @@ def _sms(to: str, field: str) -> str:
     example = "(expected e.g. +14155550100)"
     if not _SMS_CHARS.match(to):
         raise InvalidAddress(field, f"{to!r} is not an E.164 phone number {example}")
+    import phonenumbers  # see _email
+
     try:
         number = phonenumbers.parse(to, None)
     except phonenumbers.NumberParseException as exc:

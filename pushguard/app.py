@@ -17,16 +17,16 @@ import structlog
 from pushguard import config as config_mod
 from pushguard import tracing
 from pushguard.audience.links import Links, link_keys
-from pushguard.audience.service import Audience
 from pushguard.circuit import BreakerState
 from pushguard.config import Config
 from pushguard.duties import run_duties
 
 if TYPE_CHECKING:
+    from pushguard.audience.service import Audience
     from pushguard.campaigns.service import Campaigns
+    from pushguard.intake import Intake
     from pushguard.templates.service import Templates
 from pushguard.exceptions import ConfigError
-from pushguard.intake import Intake
 from pushguard.metrics import Metrics
 from pushguard.pipeline import Pipeline
 from pushguard.providers.base import Provider, ProviderContext
@@ -47,8 +47,6 @@ class App:
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
     guard: OutboundGuard = field(init=False)
-    intake: Intake = field(init=False)
-    audience: Audience = field(init=False)
     #: breaker transitions not yet written down: (at, key, old, new); the alerts duty
     #: writes them to circuit_events so every process sees them
     circuit_log: deque[tuple[float, str, str, str]] = field(
@@ -60,13 +58,34 @@ class App:
         self.guard = OutboundGuard.from_env(self.settings.outbound_allow)
         if isinstance(self.store, SQLStore):
             self.store.configure_audience(self.config.audience)
-        self.audience = Audience(self.store, self.guard)  # type: ignore[arg-type]
-        self.intake = Intake(self.store, self.config, self.guard, self.settings,
-                             audience=self.audience)
+        self._audience: Audience | None = None
+        self._intake: Intake | None = None
         self._links: Links | None = None
         self._templates: Templates | None = None
         self._campaigns: Campaigns | None = None
-        self.intake.templates = lambda: self.templates
+
+    # Built on first use: a worker that runs no campaign never needs them, and their imports
+    # (pydantic models, phonenumbers, email-validator) were a third of its start-up.
+
+    @property
+    def audience(self) -> Audience:
+        """Contacts, addresses, topics and consent."""
+        if self._audience is None:
+            from pushguard.audience.service import Audience
+
+            self._audience = Audience(self.store, self.guard)  # type: ignore[arg-type]
+        return self._audience
+
+    @property
+    def intake(self) -> Intake:
+        """Validates and accepts messages (the API, the CLI, campaign fan-out)."""
+        if self._intake is None:
+            from pushguard.intake import Intake
+
+            self._intake = Intake(self.store, self.config, self.guard, self.settings,
+                                  audience=self.audience)
+            self._intake.templates = lambda: self.templates
+        return self._intake
 
     @property
     def templates(self) -> Templates:
