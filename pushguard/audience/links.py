@@ -9,6 +9,7 @@ breaking the links already sent. Every failure reads the same to the person hold
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Mapping
@@ -78,11 +79,27 @@ def link_keys(settings: Settings, database_url: str | None = None) -> list[str]:
                           "and must be the same on every process")
     path = Path(url.database + ".secret")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _publish_key(path)
+    return [path.read_text().strip()]
+
+
+def _publish_key(path: Path) -> None:
+    """Create the key file once, even when several processes start on the same database at
+    the same moment: each writes its candidate to a file of its own and links it into place.
+    The link either appears whole or fails because another process's key is already there,
+    which then is the key; nobody ever reads a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
-    return [path.read_text().strip()]
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def with_unsubscribe(content: Mapping[str, Any], links: Links, contact_id: str,
