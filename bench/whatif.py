@@ -7,6 +7,9 @@ patches applied in memory, to measure a proposed change before anyone edits ``pu
 Patches:
 
 - ``uvloop``: run the event loop on uvloop, which uvicorn[standard] already installs.
+- ``inline_db``: every store call on the event loop's thread, waiting for locks there too.
+- ``thread_db``: every store cycle on the DB thread (the worker before exchange_nowait).
+- ``switch_fast``: a 0.5 ms GIL switch interval.
 
 Patches that were measured here and have since landed in ``pushguard/`` were removed:
 ``claim_literal`` (literal ready-state condition, so the partial index is used),
@@ -41,13 +44,25 @@ def inline_db() -> None:
     worker.Worker._db_call = call  # type: ignore[method-assign]
 
 
+def thread_db() -> None:
+    """Every store cycle on the worker's DB thread, as before ``SQLStore.exchange_nowait``."""
+    from typing import Any
+
+    from pushguard.store.sql import SQLStore
+
+    def never(self: Any, *args: Any) -> None:
+        return None
+
+    SQLStore.exchange_nowait = never  # type: ignore[method-assign,assignment]
+
+
 def switch_fast() -> None:
     """A 0.5 ms GIL switch interval instead of 5 ms."""
     sys.setswitchinterval(0.0005)
 
 
 PATCHES: dict[str, Callable[[], None]] = {"uvloop": uvloop, "inline_db": inline_db,
-                                          "switch_fast": switch_fast}
+                                          "thread_db": thread_db, "switch_fast": switch_fast}
 
 
 def main() -> None:

@@ -74,6 +74,14 @@ class Store(ABC):
     ) -> list[Job]:
         """:meth:`record` then :meth:`claim`, in one transaction: one commit per cycle."""
 
+    def exchange_nowait(
+        self, owner: str, outcomes: Sequence[Outcome], limit: int, lease: float
+    ) -> list[Job] | None:
+        """:meth:`exchange` on the caller's thread, if it cannot wait on anything: None
+        means "call :meth:`exchange` from a thread instead". A store whose writes may block
+        (on a lock, the network or a disk flush) keeps this default."""
+        return None
+
     @abstractmethod
     def reap(self, limit: int = 1000) -> int:
         """Return messages whose lease expired (their worker died) to the queue."""

@@ -96,6 +96,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _busy(exc: OperationalError) -> bool:
+    """SQLite's "database is locked" (SQLITE_BUSY, or SQLITE_LOCKED), extended codes too."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (5, 6)
+
+
 class SQLStore(Store):
     """``relaxed_commits`` trades durability of this store's own commits against power loss
     (not against a crash of the process) for speed: SQLite ``synchronous=NORMAL``,
@@ -109,10 +115,15 @@ class SQLStore(Store):
         self.dialect = parsed.get_backend_name()
         self._queue = QueueSQL(self.dialect)
         self.gate = Gate()
+        #: SQLite, relaxed commits: an engine that never waits for the lock (exchange_nowait)
+        self._nowait: Engine | None = None
         try:
             if self.dialect == "sqlite":
                 self._writer = self._sqlite_engine(immediate=True, echo=echo)
                 self._reader = self._sqlite_engine(immediate=False, echo=echo)
+                db = parsed.database
+                if relaxed_commits and db and db != ":memory:":
+                    self._nowait = self._sqlite_engine(immediate=True, echo=echo, busy_ms=0)
             else:
                 self._writer = create_engine(
                     self.url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5
@@ -125,12 +136,13 @@ class SQLStore(Store):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _sqlite_engine(self, *, immediate: bool, echo: bool) -> Engine:
+    def _sqlite_engine(self, *, immediate: bool, echo: bool, busy_ms: int = 30000) -> Engine:
         db = make_url(self.url).database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            self.url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}
+            self.url, echo=echo,
+            connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
         )
 
         @event.listens_for(engine, "connect")
@@ -139,7 +151,7 @@ class SQLStore(Store):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={'NORMAL' if self.relaxed_commits else 'FULL'}")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -176,6 +188,8 @@ class SQLStore(Store):
         self.gate = Gate(policy)
 
     def close(self) -> None:
+        if self._nowait is not None:
+            self._nowait.dispose()
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
@@ -304,6 +318,34 @@ class SQLStore(Store):
             if outcomes:
                 self._record(conn, owner, outcomes)
             return self._claim(conn, owner, limit, lease) if limit > 0 else []
+
+    def exchange_nowait(
+        self, owner: str, outcomes: Sequence[Outcome], limit: int, lease: float
+    ) -> list[Job] | None:
+        """On SQLite with relaxed commits (a worker's store), :meth:`exchange` right here when
+        the write lock is free, and None at once when another writer holds it.
+
+        Why: a worker's DB thread pays a GIL handoff for every row SQLite steps through (the
+        driver releases the GIL around each step, and the busy event loop holds it), so a
+        batch cost a worker about 30 % more CPU from the thread than from the loop itself
+        (bench: 321 against 228 us per delivered message). What it must not do here is
+        wait, since every delivery in flight waits with it: it never waits for the lock (busy
+        timeout 0; the caller falls back to the thread), and is not offered with full commits
+        (a flush per commit) or on PostgreSQL (round trips, row locks). What remains is CPU
+        work of a few milliseconds per batch, and now and then a WAL checkpoint."""
+        if self._nowait is None:
+            return None
+        began = False
+        try:
+            with self._nowait.begin() as conn:  # BEGIN IMMEDIATE: busy -> error at once
+                began = True
+                if outcomes:
+                    self._record(conn, owner, outcomes)
+                return self._claim(conn, owner, limit, lease) if limit > 0 else []
+        except OperationalError as exc:
+            if not began and _busy(exc):
+                return None
+            raise StoreError(f"database write failed: {exc.orig}") from exc
 
     def _claim(self, conn: Connection, owner: str, limit: int, lease: float) -> list[Job]:
         jobs = self._queue.claim(conn, owner, limit, lease)
