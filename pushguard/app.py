@@ -82,9 +82,10 @@ class App:
         if self._intake is None:
             from pushguard.intake import Intake
 
-            self._intake = Intake(self.store, self.config, self.guard, self.settings,
-                                  audience=self.audience)
-            self._intake.templates = lambda: self.templates
+            intake = Intake(self.store, self.config, self.guard, self.settings,
+                            audience=self.audience)
+            intake.templates = lambda: self.templates
+            self._intake = intake  # only once whole: API threads may look at the same time
         return self._intake
 
     @property

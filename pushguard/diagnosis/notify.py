@@ -16,7 +16,6 @@ import structlog
 
 from pushguard.diagnosis.measures import NOTIFY_SCOPE
 from pushguard.exceptions import IdempotencyConflict, InputError
-from pushguard.intake import MessageIn
 
 if TYPE_CHECKING:
     from pushguard.app import App
@@ -53,6 +52,8 @@ class Notifier:
     def send(self, alert: dict[str, Any], level: str) -> list[str]:
         """Enqueue one notification per target; returns the message ids (a replay of an
         already enqueued notification returns its id again)."""
+        from pushguard.intake import MessageIn  # here: a worker imports this module at start
+
         ids = []
         for i, target in enumerate(self.app.config.alerts.notify):
             key = f"alert:{alert['id']}:{level}:{i}"
