@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 #: longest time an outcome waits before it is written when fewer than a batch are pending.
 FLUSH_INTERVAL = 0.05
+#: at most this often, a WAL checkpoint on the DB thread while store cycles run inline
+CHECKPOINT_INTERVAL = 1.0
 
 
 def worker_name() -> str:
@@ -72,6 +74,8 @@ class Worker:
         #: store cycles run on the event loop's thread, and on the DB thread
         self.inline_exchanges = 0
         self.threaded_exchanges = 0
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._next_checkpoint = 0.0
 
     async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -95,7 +99,8 @@ class Worker:
         finally:
             waiter.cancel()
             reaper.cancel()
-            await asyncio.gather(reaper, waiter, return_exceptions=True)
+            await asyncio.gather(reaper, waiter, *filter(None, [self._checkpointing]),
+                                 return_exceptions=True)
             self._db.shutdown(wait=True)
             self.log.info("worker_stopped", worker=self.name, processed=self.processed,
                           abandoned=len(self._tasks) + len(self._ready))
@@ -160,6 +165,7 @@ class Worker:
                                               self.lease)
                 else:
                     self.inline_exchanges += 1
+                    self._checkpoint_soon(loop.time())
                 jobs = got
             except StoreError as exc:
                 # Keep the outcomes and try again: a locked or full database must not turn
@@ -177,6 +183,24 @@ class Worker:
                 self._quiet_until = loop.time() + self.poll
             self._ready.extend(jobs)
             self._start_ready()
+
+    def _checkpoint_soon(self, now: float) -> None:
+        """Inline cycles leave the WAL's checkpoint undone (it copies pages and flushes to
+        disk, which the event loop must not wait for): do it on the DB thread, at most once a
+        second and one at a time."""
+        if self._checkpointing is not None or now < self._next_checkpoint:
+            return
+        self._next_checkpoint = now + CHECKPOINT_INTERVAL
+
+        async def run() -> None:
+            try:
+                await self._db_call(self.store.checkpoint)
+            except StoreError as exc:
+                self.log.warning("checkpoint_failed", error=str(exc))
+            finally:
+                self._checkpointing = None
+
+        self._checkpointing = asyncio.create_task(run())
 
     def _start_ready(self) -> None:
         while self._ready and len(self._tasks) < self.concurrency:

@@ -82,6 +82,9 @@ class Store(ABC):
         (on a lock, the network or a disk flush) keeps this default."""
         return None
 
+    def checkpoint(self) -> None:  # noqa: B027 - optional, with nothing to do by default
+        """Housekeeping that :meth:`exchange_nowait` leaves to the caller's other thread."""
+
     @abstractmethod
     def reap(self, limit: int = 1000) -> int:
         """Return messages whose lease expired (their worker died) to the queue."""

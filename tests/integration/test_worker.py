@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from pushguard.app import App
@@ -17,6 +19,19 @@ from pushguard.settings import Settings
 from pushguard.states import TERMINAL, State, can_move
 from pushguard.store.schema import messages
 from pushguard.store.sql import SQLStore
+from tests.conftest import _truncate
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SQLStore]:
+    """conftest's store with relaxed commits, as ``App.worker_store`` builds one for a worker
+    process: on SQLite the worker's cycles run inline (``SQLStore.exchange_nowait``), as they
+    do in production, and fall back to its DB thread only when the lock is taken."""
+    s = SQLStore(store_url, relaxed_commits=True)
+    s.migrate()
+    _truncate(s)
+    yield s
+    s.close()
 
 
 def make_app(store: SQLStore, providers: dict[str, dict[str, Any]], order: list[str]) -> App:
