@@ -80,7 +80,12 @@ def link_keys(settings: Settings, database_url: str | None = None) -> list[str]:
     path = Path(url.database + ".secret")
     if not path.exists():
         _publish_key(path)
-    return [path.read_text().strip()]
+    key = path.read_text().strip()
+    if len(key) < 32:  # an empty or truncated file (an old race, a full disk): links forgeable
+        raise ConfigError(f"{path} holds no usable key ({len(key)} characters); delete it to "
+                          "have a new one made (links already sent stop working), or set "
+                          "PUSHGUARD_SECRET_KEY")
+    return [key]
 
 
 def _publish_key(path: Path) -> None:
@@ -96,8 +101,17 @@ def _publish_key(path: Path) -> None:
             f.write(secrets.token_urlsafe(32))
             f.flush()
             os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):
+        try:
             os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process's key is in place: that one is the key
+        except OSError:
+            # no hard links on this filesystem (FAT, some network mounts): an exclusive
+            # create, which only the race above could catch half-written
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(tmp.read_text())
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -26,8 +26,8 @@ def _key_at_barrier(db: str, barrier: Any, out: Any) -> None:
 
 
 def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None:
-    ctx = mp.get_context("fork")
-    for round_ in range(10):
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads
+    for round_ in range(4):
         db = tmp_path / f"r{round_}" / "p.db"
         n = 6
         barrier, out = ctx.Barrier(n), ctx.Queue()
@@ -50,6 +50,23 @@ def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None
 def test_the_key_is_kept_across_calls(tmp_path: Path) -> None:
     first = link_keys(_settings(tmp_path / "p.db"))
     assert link_keys(_settings(tmp_path / "p.db")) == first
+
+
+def test_an_empty_or_truncated_key_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p.db.secret").write_text("\n")
+    with pytest.raises(ConfigError, match="no usable key"):
+        link_keys(_settings(tmp_path / "p.db"))
+
+
+def test_without_hard_links_the_key_is_still_made_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")  # what FAT or SMB answers
+
+    monkeypatch.setattr("os.link", no_links)
+    first = link_keys(_settings(tmp_path / "p.db"))
+    assert len(first[0]) >= 40 and link_keys(_settings(tmp_path / "p.db")) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["p.db.secret"]
 
 
 def test_configured_keys_win_and_postgres_needs_one(tmp_path: Path) -> None:
