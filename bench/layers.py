@@ -162,6 +162,13 @@ class MemStore:
             self.record(owner, outcomes)
         return self.claim(owner, limit, lease) if limit > 0 else []
 
+    def exchange_nowait(self, owner: str, outcomes: Sequence[Any], limit: int,
+                        lease: float) -> list[Any]:
+        return self.exchange(owner, outcomes, limit, lease)  # nothing to wait for
+
+    def checkpoint(self) -> None:
+        pass
+
     def reap(self, limit: int = 1000) -> int:
         return 0
 
