@@ -103,6 +103,7 @@ def _publish_key(path: Path) -> None:
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)
+            _sync_dir(path.parent)  # the new name survives a power cut, not only its bytes
         except FileExistsError:
             pass  # another process's key is in place: that one is the key
         except OSError:
@@ -114,6 +115,18 @@ def _publish_key(path: Path) -> None:
                     f.write(tmp.read_text())
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform that cannot open a directory: nothing more to do
+    try:
+        with contextlib.suppress(OSError):  # some filesystems refuse fsync on a directory
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def with_unsubscribe(content: Mapping[str, Any], links: Links, contact_id: str,
