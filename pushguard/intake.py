@@ -268,8 +268,7 @@ class Intake:
             msg.request_hash = request_hash(msg)
         for i, device in enumerate(devices, start=1):
             one = NewMessage(
-                channel=msg.channel, to=self._target(msg.channel, device, content, prefix,
-                                                     memo),
+                channel=msg.channel, to=self._address(msg.channel, device, prefix, memo),
                 content=msg.content, topic=msg.topic, priority=msg.priority,
                 send_at=msg.send_at, ttl=msg.ttl,
                 idempotency_key=f"{key}#device{i}" if key is not None else None,
@@ -333,6 +332,27 @@ class Intake:
     ) -> tuple[str, str]:
         """:meth:`_target`, also returning the content as stored (its size was checked on
         that encoding, which the store then reuses instead of encoding it again)."""
+        address = self._address(channel, to, prefix, memo, stored=stored)
+        encoded = json.dumps(content, separators=(",", ":"))
+        size = len(encoded.encode())
+        if size > self.settings.max_content_bytes:
+            raise InputError(
+                prefix + "content",
+                f"is {size} bytes; the limit is {self.settings.max_content_bytes}",
+            )
+        for pc in self.config.providers_for(channel):
+            try:
+                provider_class(pc.type).validate_content(channel, content)
+            except InputError as exc:
+                raise InputError(prefix + exc.field, exc.problem) from exc
+        return address, encoded
+
+    def _address(
+        self, channel: str, to: str, prefix: str,
+        memo: dict[tuple[str, str], str] | None = None, *, stored: bool = False,
+    ) -> str:
+        """The channel checked and the address normalised (:meth:`_checked` without the
+        content: a device copy carries content already checked for the same channel)."""
         if channel not in CHANNELS:
             raise InputError(
                 prefix + "channel",
@@ -351,19 +371,7 @@ class Intake:
                 self.mail_domains.check(address, prefix + "to")
             if memo is not None:
                 memo[(channel, to)] = address
-        encoded = json.dumps(content, separators=(",", ":"))
-        size = len(encoded.encode())
-        if size > self.settings.max_content_bytes:
-            raise InputError(
-                prefix + "content",
-                f"is {size} bytes; the limit is {self.settings.max_content_bytes}",
-            )
-        for pc in self.config.providers_for(channel):
-            try:
-                provider_class(pc.type).validate_content(channel, content)
-            except InputError as exc:
-                raise InputError(prefix + exc.field, exc.problem) from exc
-        return address, encoded
+        return address
 
     def submit(
         self, messages: Sequence[NewMessage], *, scope: str

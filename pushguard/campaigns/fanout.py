@@ -239,8 +239,7 @@ def _message(c: Campaigns, campaign_id: str, spec: CampaignIn, composer: Compose
     to, encoded = intake._checked(t.channel, t.address, content, "", memo, stored=True)
     m = NewMessage(to=to, idempotency_key=key, content_json=encoded, **common)
     for i, device in enumerate(t.devices, start=1):
-        m.fanout.append(NewMessage(to=intake._target(t.channel, device, content, "", memo,
-                                                     stored=True),
+        m.fanout.append(NewMessage(to=device,  # a contact's stored address, content checked
                                    idempotency_key=f"{key}#device{i}", fanout_of=m.id,
                                    content_json=encoded, **common))
     return m

@@ -320,9 +320,13 @@ class SQLStore(Store):
         self, owner: str, outcomes: Sequence[Outcome], limit: int, lease: float
     ) -> list[Job]:
         with self._write() as conn:
-            if outcomes:
-                self._record(conn, owner, outcomes)
-            return self._claim(conn, owner, limit, lease) if limit > 0 else []
+            return self._cycle(conn, owner, outcomes, limit, lease)
+
+    def _cycle(self, conn: Connection, owner: str, outcomes: Sequence[Outcome], limit: int,
+               lease: float) -> list[Job]:
+        if outcomes:
+            self._record(conn, owner, outcomes)
+        return self._claim(conn, owner, limit, lease) if limit > 0 else []
 
     def exchange_nowait(
         self, owner: str, outcomes: Sequence[Outcome], limit: int, lease: float
@@ -346,9 +350,7 @@ class SQLStore(Store):
             return None
         try:
             with self._nowait.begin() as conn:  # BEGIN IMMEDIATE: busy -> error at once
-                if outcomes:
-                    self._record(conn, owner, outcomes)
-                return self._claim(conn, owner, limit, lease) if limit > 0 else []
+                return self._cycle(conn, owner, outcomes, limit, lease)
         except OperationalError as exc:
             if _busy(exc):
                 return None
