@@ -213,7 +213,8 @@ class Preflight:
                 out.append(finding(
                     "provider_live_check", "block" if first else "warn",
                     per_channel.get(names[name], 0), f"provider {name} failed a live check "
-                    f"(connect and log in, nothing sent): {err.cause.name}: {err.detail}",
+                    f"(connect and log in as a send would; no message reaches anyone): "
+                    f"{err.cause.name}: {err.detail}",
                     err.cause.fix, provider=name, provider_code=err.provider_code))
         since = now - 86400
         with self.c.store._read() as conn:

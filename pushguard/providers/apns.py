@@ -79,6 +79,11 @@ _AUTH_HINTS = {
     "per 20 minutes)",
 }
 _RECIPIENT_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "MissingDeviceToken"})
+#: The live check's device token. No device has it, so APNs, which judges the provider token
+#: and the topic before the device token, answers ``BadDeviceToken`` when both are good.
+PROBE_TOKEN = "0" * 64
+#: what the live check sends: a silent background push that APNs must not store
+_PROBE_PAYLOAD = b'{"aps":{"content-available":1}}'
 
 
 def apns_id(message_id: str) -> str:
@@ -360,14 +365,9 @@ class ApnsProvider(Provider):
             headers["apns-collapse-id"] = str(delivery.content["collapse_id"])
         return headers
 
-    async def send(self, delivery: Delivery) -> Receipt:
-        try:
-            payload, push_type = build_payload(delivery.content)
-        except InputError as exc:
-            raise DeliveryError(taxonomy.CONTENT_REJECTED, f"{exc.field}: {exc.problem}",
-                                provider_code="INVALID_CONTENT") from exc
-        headers = self.headers(delivery, push_type)
-        path = f"/3/device/{quote(delivery.to, safe='')}"
+    async def _post(self, path: str, headers: dict[str, str], payload: bytes) -> H2Response:
+        """One request with the current provider token, sent once more with a renewed token
+        when APNs calls it expired (at most once per :data:`MIN_RENEWAL_INTERVAL`)."""
         token = self.tokens.current()
         resp = await self.pool.request(
             "POST", path, {**headers, "authorization": f"bearer {token}"}, payload)
@@ -375,6 +375,30 @@ class ApnsProvider(Provider):
             resp = await self.pool.request(
                 "POST", path, {**headers, "authorization": f"bearer {self.tokens.current()}"},
                 payload)
+        return resp
+
+    async def check(self) -> bool:
+        """Connect and post a silent background push, with the send's provider token and
+        topic, to :data:`PROBE_TOKEN`, a token no device has, with ``apns-expiration: 0``.
+        APNs has no endpoint that only checks credentials, but it judges the provider token
+        and the topic before the device token: ``BadDeviceToken`` (or
+        ``DeviceTokenNotForTopic``) means both passed. No notification reaches a device."""
+        headers = {"apns-topic": self.topic, "apns-push-type": "background",
+                   "apns-priority": "5", "apns-expiration": "0"}
+        resp = await self._post(f"/3/device/{PROBE_TOKEN}", headers, _PROBE_PAYLOAD)
+        error = classify(resp, environment=self.environment)
+        if error is None or error.provider_code in ("BadDeviceToken", "DeviceTokenNotForTopic"):
+            return True
+        raise error
+
+    async def send(self, delivery: Delivery) -> Receipt:
+        try:
+            payload, push_type = build_payload(delivery.content)
+        except InputError as exc:
+            raise DeliveryError(taxonomy.CONTENT_REJECTED, f"{exc.field}: {exc.problem}",
+                                provider_code="INVALID_CONTENT") from exc
+        headers = self.headers(delivery, push_type)
+        resp = await self._post(f"/3/device/{quote(delivery.to, safe='')}", headers, payload)
         error = classify(resp, environment=self.environment)
         if error is not None:
             raise error

@@ -5,7 +5,9 @@
 ``apns-id`` and, on failure, ``{"reason": ...}`` (plus ``timestamp`` for 410). A ``reset``
 fault drops the whole TCP connection, like a provider connection dying under load, while a
 ``timeout`` hangs the stream and finally cancels it with ``RST_STREAM``; an ``html`` fault
-answers 502 with a proxy's HTML page.
+answers 502 with a proxy's HTML page. No device has a token made only of zeros: where a send
+to another token would succeed, it answers 400 ``BadDeviceToken``, as Apple does to a token it
+never issued (the provider's live check relies on it).
 
 Provider tokens follow Apple's rules where they can be judged without Apple's keys: a JWT whose
 ``iat`` is more than an hour old gets 403 ``ExpiredProviderToken``, and so does every token
@@ -270,6 +272,8 @@ class _ApnsConnection(asyncio.Protocol):
                     self.transport.abort()
                 return
             status, reason = self._status_for(fault)
+            if status == 200 and not token.strip("0"):
+                status, reason = 400, "BadDeviceToken"  # no device has an all-zero token
             if fault.reason == "html":
                 self._record(token, stream, "502")
                 html = [(":status", "502"), ("content-type", "text/html"),

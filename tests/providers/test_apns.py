@@ -26,6 +26,7 @@ from pushguard.config import ProviderConfig
 from pushguard.exceptions import DeliveryError, InputError
 from pushguard.providers.apns import (
     MIN_RENEWAL_INTERVAL,
+    PROBE_TOKEN,
     TOKEN_LIFETIME,
     ApnsProvider,
     ProviderToken,
@@ -232,6 +233,63 @@ async def test_always_expired_gives_auth_after_one_renewal(
     error = await failure(provider)
     assert error.cause is taxonomy.AUTH_CREDENTIALS
     assert outcomes(server) == ["403", "403"] and provider.tokens.issued == 2
+
+
+async def test_the_live_check_probes_a_token_no_device_has(
+    server: ApnsServer, provider: ApnsProvider
+) -> None:
+    """The pre-flight's live check: a silent push to the all-zero token, which APNs judges
+    only after the provider token and the topic, and answers BadDeviceToken."""
+    assert await provider.check() is True
+    [probe] = server.recorder.records("apns")
+    assert (probe.address, probe.outcome) == (PROBE_TOKEN, "400")
+    assert probe.body == {"aps": {"content-available": 1}}
+    assert {k: v for k, v in probe.meta.items() if k != "provider-token"} == {
+        "apns-topic": "com.example.app", "apns-push-type": "background", "apns-priority": "5",
+        "apns-expiration": "0"}
+    # the same provider token as the sends that follow
+    assert (await provider.send(delivery())).status == 200
+    tokens = [r.meta["provider-token"] for r in server.recorder.records("apns")]
+    assert tokens[0] == tokens[1] and provider.tokens.issued == 1
+
+
+@pytest.mark.parametrize(("profile", "cause", "code"), [
+    (rate("403"), "AUTH_CREDENTIALS", "InvalidProviderToken"),
+    (rate("401"), "AUTH_CREDENTIALS", "ExpiredProviderToken"),
+    (rate("503"), "PROVIDER_OUTAGE", "ServiceUnavailable"),
+])
+async def test_a_live_check_that_apns_refuses_fails_with_the_cause(
+    server: ApnsServer, provider: ApnsProvider, profile: dict[str, Any], cause: str, code: str,
+) -> None:
+    server.profiles.set(profile, "apns")
+    with pytest.raises(DeliveryError) as info:
+        await provider.check()
+    assert (info.value.cause.name, info.value.provider_code) == (cause, code)
+
+
+async def test_the_live_check_renews_a_provider_token_called_expired(
+    server: ApnsServer, provider: ApnsProvider
+) -> None:
+    assert await provider.check() is True
+    server.expire_provider_tokens()
+    assert await provider.check() is True
+    assert outcomes(server) == ["400", "403", "400"] and provider.tokens.issued == 2
+
+
+async def test_a_live_check_with_nobody_listening_fails_to_connect(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    provider = make(port, ec_key)
+    try:
+        with pytest.raises(DeliveryError) as info:
+            await provider.check()
+    finally:
+        await provider.close()
+    assert (info.value.cause, info.value.provider_code) == (
+        taxonomy.NETWORK_TIMEOUT, "CONNECT_ERROR")
 
 
 async def test_500_concurrent_sends_share_two_connections(
