@@ -14,17 +14,14 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
-from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, text, update
 
-from pushguard.audience.rules import zone
 from pushguard.campaigns.composer import Composer
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.service import LIVE, spec_of
-from pushguard.campaigns.targets import Target, plan
+from pushguard.campaigns.targets import Target, due_at, plan
 from pushguard.exceptions import IdempotencyConflict, InputError
 from pushguard.models import PRIORITIES, Accepted, NewMessage
 from pushguard.routing import PREFER
@@ -45,24 +42,6 @@ class _NotSending(Exception):
 
 
 # -- the recipients ---------------------------------------------------------------------------
-
-def due_at(spec: CampaignIn, contact: Any, start: float, default_tz: str) -> float:
-    """When a contact's message may go: the start, or the campaign's local time in the
-    contact's timezone (the next time it comes, or at once if its date has passed)."""
-    s = spec.schedule
-    if s is None or s.local_time is None:
-        return start
-    tz = zone(contact.timezone, s.default_timezone or default_tz)
-    hh, mm = (int(x) for x in s.local_time.split(":"))
-    day = s.date or datetime.fromtimestamp(start, tz).date()
-    at = datetime.combine(day, dtime(hh, mm), tzinfo=tz).timestamp()
-    if at >= start:
-        return at
-    if s.date is not None:
-        return start
-    return datetime.combine(day.fromordinal(day.toordinal() + 1), dtime(hh, mm),
-                            tzinfo=tz).timestamp()
-
 
 def snapshot(c: Campaigns, row: Any) -> int:
     """Write the segment's members as the campaign's recipients (idempotent: a crash half

@@ -107,14 +107,16 @@ class Survey:
 def walk(c: Campaigns, spec: CampaignIn, when: float, *, after: str = "",
          until: str | None = None, ids: Sequence[str] | None = None) -> Iterator[list[Target]]:
     """The campaign's recipients (with ids in ``(after, until]``, or among ``ids``) as
-    targets, a page at a time, gated at ``when``."""
+    targets, a page at a time, gated at ``when`` (under a ``local_time`` schedule, at each
+    contact's send time from ``when`` on)."""
     memo: dict[tuple[str, str], str] = {}
     raw = c.segments.filter_of(spec.segment, spec.filter)
     members = c.segments.members(raw, after=after, until=until) if ids is None \
         else c.segments.members_in(raw, ids)
     for page in members:
         with c.store._read() as conn:
-            yield plan(c.store, conn, spec, page, c.app.guard, now=when, memo=memo)
+            yield plan(c.store, conn, spec, page, c.app.guard, now=when, memo=memo,
+                       default_tz=c.app.config.audience.default_timezone)
 
 
 def stop_code(t: Target) -> str:

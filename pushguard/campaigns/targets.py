@@ -10,11 +10,14 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from datetime import time as dtime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from pushguard.audience.gate import ContactRule, Item, Stop
+from pushguard.audience.rules import zone
 from pushguard.campaigns.models import CampaignIn
 from pushguard.ssrf import OutboundGuard
 from pushguard.store.sql import SQLStore
@@ -65,11 +68,32 @@ def _addresses(conn: Connection, ids: Sequence[str], channels: Sequence[str],
     return {k: [r[3] for r in sorted(v, reverse=True)] for k, v in found.items()}
 
 
+def due_at(spec: CampaignIn, contact: Any, start: float, default_tz: str) -> float:
+    """When a contact's message may go: the start, or the campaign's local time in the
+    contact's timezone (the next time it comes, or at once if its date has passed)."""
+    s = spec.schedule
+    if s is None or s.local_time is None:
+        return start
+    tz = zone(contact.timezone, s.default_timezone or default_tz)
+    hh, mm = (int(x) for x in s.local_time.split(":"))
+    day = s.date or datetime.fromtimestamp(start, tz).date()
+    at = datetime.combine(day, dtime(hh, mm), tzinfo=tz).timestamp()
+    if at >= start:
+        return at
+    if s.date is not None:
+        return start
+    return datetime.combine(day.fromordinal(day.toordinal() + 1), dtime(hh, mm),
+                            tzinfo=tz).timestamp()
+
+
 def plan(store: SQLStore, conn: Connection, spec: CampaignIn, rows: Sequence[Any],
          guard: OutboundGuard, *, now: float, memo: dict[tuple[str, str], str],
-         gate: bool = True) -> list[Target]:
-    """A target per contact row, with the gate's verdict at ``now`` (the send time) unless
-    ``gate`` is False (the fan-out: intake runs the gate as it commits the messages)."""
+         gate: bool = True, default_tz: str = "UTC") -> list[Target]:
+    """A target per contact row, with the gate's verdict at the send time unless ``gate`` is
+    False (the fan-out: intake runs the gate as it commits the messages). The send time is
+    ``now``, or under a ``local_time`` schedule each contact's own (:func:`due_at` from
+    ``now``, in the contact's timezone or ``default_tz``): quiet hours, caps and consent are
+    judged when that contact's message would go."""
     channels = [s.channel for s in spec.channels]
     held = _addresses(conn, [r.id for r in rows], sorted(set(channels)),
                       store.dialect == "postgresql")
@@ -100,10 +124,16 @@ def plan(store: SQLStore, conn: Connection, spec: CampaignIn, rows: Sequence[Any
     if not gate:
         return out
     # The contact and its active address were just read: the gate need not read them again.
-    items = [Item(t.id, t.channel, t.address, spec.topic, t.id, rule=t.rule)
-             for t in out if t.channel is not None and t.address is not None]
-    store.gate.check(conn, items, now, sending=False)
-    stops = {it.id: it.stop for it in items}
+    local = spec.schedule is not None and spec.schedule.local_time is not None
+    by_due: dict[float, list[Item]] = defaultdict(list)
+    for t, r in zip(out, rows, strict=True):
+        if t.channel is not None and t.address is not None:
+            by_due[due_at(spec, r, now, default_tz) if local else now].append(
+                Item(t.id, t.channel, t.address, spec.topic, t.id, rule=t.rule))
+    stops: dict[str, Stop | None] = {}
+    for due, items in by_due.items():  # one check per time zone's send time
+        store.gate.check(conn, items, due, sending=False)
+        stops.update((it.id, it.stop) for it in items)
     for t in out:
         t.stop = stops.get(t.id)
     return out

@@ -120,6 +120,32 @@ def test_local_time_sends_at_nine_where_each_recipient_lives(w: World, clock: Cl
     assert sent == {"tokyo": 2, "ny": 2, "nowhere": 2}
 
 
+def test_the_preflight_judges_quiet_hours_at_each_recipients_local_send_time(w: World) -> None:
+    """Under ``local_time`` a recipient's message goes at that time where they live, so the
+    gate's verdict (here: quiet hours) is taken then, not at the moment of the pre-flight.
+    Tokyo and New York are 13 or 14 hours apart: at no single moment are both inside a
+    45-minute window, so a verdict taken once for everybody counts at most one city."""
+    from pushguard.campaigns.preflight import Preflight
+
+    rows = [{"external_id": f"{name}{i}", "attributes": {"first_name": name},
+             "addresses": [{"channel": "email", "address": f"{name}{i}@example.com"}],
+             "timezone": tz, **({"quiet_hours": "23:00-23:45"} if quiet else {})}
+            for name, tz, quiet in (("tokyo", "Asia/Tokyo", True),
+                                    ("ny", "America/New_York", True),
+                                    ("night-owl", "Asia/Tokyo", False)) for i in range(2)]
+    ids = add_contacts(w.app, rows)
+    grant(w.app, list(ids.values()), "news", "email")
+
+    def quiet(schedule: dict[str, Any], name: str) -> tuple[int, int]:
+        c = w.campaign(name=name, schedule=schedule)
+        report = Preflight(w.app.campaigns).run(c["id"], links=False)
+        counts = {f["code"]: f["count"] for f in report["findings"]}
+        return counts.get("quiet_hours", 0), report["predicted"]["deferred"]
+
+    assert quiet({"local_time": "23:15"}, "late") == (4, 4)
+    assert quiet({"local_time": "12:00"}, "noon") == (0, 0)
+
+
 def _now() -> float:
     return time.time()
 
