@@ -154,6 +154,34 @@ def public_router(app: App) -> APIRouter:
                        "Messages you need, like receipts and password resets, still reach you.",
                        preferences_url=got["preferences_url"])
 
+    # -- a test send's stand-in links -------------------------------------------------------
+
+    @router.get("/test-link/{token}", tags=["pages"], response_class=HTMLResponse,
+                responses=PAGE)
+    async def test_link_page(token: str) -> Response:
+        """What an unsubscribe or preferences link in a test send stands for."""
+        return await test_link(token)
+
+    @router.post("/test-link/{token}", tags=["pages"], response_class=HTMLResponse,
+                 responses=PAGE)
+    async def test_link_click(token: str) -> Response:
+        """The mailbox provider's one-click POST to a test send's link: the same page, and
+        nothing changes either."""
+        return await test_link(token)
+
+    async def test_link(token: str) -> Response:
+        try:
+            kind, label, channel = await run_in_threadpool(optin.test_link, app, token)
+        except BadLink:
+            return invalid()
+        what = (f"unsubscribes its recipient from {label} by "
+                f"{WORDS.get(channel, channel)}" if kind == "unsubscribe"
+                else "opens its recipient's preferences")
+        return message("This link is from a test send",
+                       f"In the real send, each recipient's own link {what}.",
+                       "This message went to a test address, so its link stands in for the "
+                       "real one and nothing was changed.")
+
     # -- preference centre ------------------------------------------------------------------
 
     @router.get("/preferences/{token}", tags=["pages"], response_class=HTMLResponse,

@@ -25,9 +25,11 @@ from pushguard.settings import Settings
 #: RFC 8058 links must keep working for at least 30 days (CAN-SPAM); we give them 400.
 UNSUBSCRIBE_MAX_AGE = 400 * 86400
 PREFERENCES_MAX_AGE = 400 * 86400
+#: a test send's stand-in links (``Links.test_url``): they only ever show what they stand for
+TEST_LINK_MAX_AGE = 30 * 86400
 
 SALTS = {"confirm": "pushguard.confirm-opt-in", "unsubscribe": "pushguard.unsubscribe",
-         "preferences": "pushguard.preferences"}
+         "preferences": "pushguard.preferences", "test": "pushguard.test-link"}
 
 
 class BadLink(Exception):
@@ -65,6 +67,13 @@ class Links:
 
     def preferences_url(self, contact_id: str) -> str:
         return f"{self.base}/preferences/{self.sign('preferences', contact_id)}"
+
+    def test_url(self, kind: str, topic: str, channel: str) -> str:
+        """What stands in for a contact's ``kind`` link ("unsubscribe" or "preferences") in a
+        test send: a page that says what the real link does and changes nothing. A test send
+        is rendered as a real contact, and that contact's own links must not go to
+        internal addresses, where anyone clicking them would unsubscribe the contact."""
+        return f"{self.base}/test-link/{self.sign('test', [kind, topic, channel])}"
 
 
 def link_keys(settings: Settings, database_url: str | None = None) -> list[str]:
@@ -135,8 +144,12 @@ def with_unsubscribe(content: Mapping[str, Any], links: Links, contact_id: str,
     List-Unsubscribe-Post headers (RFC 8058; the SMTP provider signs them with DKIM), and a
     visible link in the body (Gmail and Yahoo want both). ``{{unsubscribe_url}}`` and
     ``{{preferences_url}}`` in a body are replaced; a body without them gets a footer."""
-    unsub = links.unsubscribe_url(contact_id, topic, "email")
-    prefs = links.preferences_url(contact_id)
+    return add_links(content, links.unsubscribe_url(contact_id, topic, "email"),
+                     links.preferences_url(contact_id))
+
+
+def add_links(content: Mapping[str, Any], unsub: str, prefs: str) -> dict[str, Any]:
+    """:func:`with_unsubscribe` with the two links given (a test send's stand-ins)."""
     out = dict(content)
     out["unsubscribe_url"] = unsub
     out["topic_kind"] = "marketing"

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, and_, select, update
 
 from pushguard.audience.gate import CONSENT_CHANNELS, address_hash, consent_channel
-from pushguard.audience.links import PREFERENCES_MAX_AGE, UNSUBSCRIBE_MAX_AGE, BadLink, Links
+from pushguard.audience.links import (
+    PREFERENCES_MAX_AGE,
+    TEST_LINK_MAX_AGE,
+    UNSUBSCRIBE_MAX_AGE,
+    BadLink,
+    Links,
+)
 from pushguard.audience.models import SubscribeIn
 from pushguard.audience.service import ConsentRecord
 from pushguard.exceptions import ConfigError, InputError, NotFound
@@ -279,6 +285,21 @@ def unsubscribe(app: App, token: str, who: Requester, method: str) -> dict[str, 
             changed = True
     return {"topic": topic, "channel": channel, "label": _label_of(app, topic),
             "changed": changed, "preferences_url": _prefs_url(app, cid)}
+
+
+def test_link(app: App, token: str) -> tuple[str, str, str]:
+    """(kind, topic label, channel) of a test send's stand-in link; ``BadLink`` if it is
+    not one. Nothing is read about, or written for, any contact."""
+    try:
+        links: Links = app.links
+    except ConfigError as exc:
+        raise BadLink() from exc
+    value = links.verify("test", token, TEST_LINK_MAX_AGE)
+    if not (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, str) and v for v in value)
+            and value[0] in ("unsubscribe", "preferences")):
+        raise BadLink()
+    return value[0], _label_of(app, value[1]), value[2]
 
 
 # -- the preference centre ------------------------------------------------------------------

@@ -13,10 +13,11 @@ import time
 from collections import Counter
 from typing import IO, TYPE_CHECKING, Any
 
+from pushguard.audience.links import add_links
 from pushguard.campaigns.fanout import render_targets
 from pushguard.campaigns.service import spec_of
 from pushguard.campaigns.survey import walk
-from pushguard.exceptions import InputError, NotFound
+from pushguard.exceptions import ConfigError, Conflict, InputError, NotFound
 from pushguard.models import PRIORITIES, Accepted, NewMessage
 from pushguard.store.sql import audit
 from pushguard.templates.errors import TemplateError
@@ -99,7 +100,8 @@ def test_send(c: Campaigns, ref: str, *, to: list[str] | None = None,
     """Render the campaign for one real recipient (``as_contact``, or the segment's first)
     and send it to internal addresses (``to``, or the campaign's seeds) now, without the
     campaign's topic: internal addresses hold no consent, and these messages are not part
-    of the campaign's results."""
+    of the campaign's results. A marketing email carries the unsubscribe header and links
+    as in the real send, with stand-ins (:meth:`Links.test_url`) for the contact's own."""
     row = c.find(ref)
     spec = spec_of(row)
     seeds = list(to or spec.seeds)
@@ -108,6 +110,7 @@ def test_send(c: Campaigns, ref: str, *, to: list[str] | None = None,
                          "campaign's seeds")
     contact = _as_contact(c, spec, as_contact)
     composer = c.composer(spec)
+    marketing = c.app.audience.topic_kinds().get(spec.topic) == "marketing"
     steps = {s.channel: i for i, s in enumerate(spec.channels)}
     memo: dict[tuple[str, str], str] = {}
     msgs = []
@@ -121,6 +124,8 @@ def test_send(c: Campaigns, ref: str, *, to: list[str] | None = None,
         if isinstance(content, TemplateError):
             raise InputError(f"to[{i}]", f"the {channel} template does not render for "
                              f"{contact.get('external_id')}: {content}")
+        if marketing and channel == "email":
+            content = _test_links(c, content, spec.topic)
         msgs.append(NewMessage(
             channel=channel, to=c.app.intake._target(channel, address, content, f"to[{i}].",
                                                     memo),
@@ -132,6 +137,20 @@ def test_send(c: Campaigns, ref: str, *, to: list[str] | None = None,
     return {"campaign": row.id, "rendered_as": contact.get("external_id"), "sent": [
         {"channel": m.channel, "to": m.to, "id": r.id, "state": r.state.value}
         for m, r in zip(msgs, results, strict=True) if isinstance(r, Accepted)]}
+
+
+def _test_links(c: Campaigns, content: dict[str, Any], topic: str) -> dict[str, Any]:
+    """A marketing email as the send path dresses it (List-Unsubscribe headers, the links in
+    the body or a footer), with stand-in links: the real ones would unsubscribe the contact
+    the test is rendered as, from wherever the test message is forwarded."""
+    try:
+        links = c.app.links
+    except ConfigError as exc:
+        raise Conflict("no PUSHGUARD_SECRET_KEY to sign the unsubscribe link a marketing "
+                       "email must carry: set it, or the campaign's emails will be held "
+                       "too") from exc
+    return add_links(content, links.test_url("unsubscribe", topic, "email"),
+                     links.test_url("preferences", topic, "email"))
 
 
 def _as_contact(c: Campaigns, spec: Any, ref: str | None) -> dict[str, Any]:

@@ -112,6 +112,51 @@ async def test_a_test_send_reaches_the_seeds_only_rendered_as_the_contact(w: Wor
         in audit_actions(w.app, c["id"])
 
 
+async def test_a_test_send_carries_stand_in_unsubscribe_links_that_change_nothing(
+    w: World,
+) -> None:
+    """A marketing email's test send looks like the real one (List-Unsubscribe with RFC 8058
+    one-click, the link in the body) but its links stand in for the contact's own: clicking
+    them, or the mailbox's one-click POST, shows what the real link does and unsubscribes
+    nobody, not even the contact the test was rendered as."""
+    import re
+
+    import httpx
+
+    from tests.conftest import serve_api
+
+    c = w.campaign(seeds=["qa@example.com"])
+    rehearsal.test_send(w.app.campaigns, c["id"], as_contact="c3", actor="alice")
+    relay = w.relays["primary"]
+    assert await work_until(w.app, lambda: len(relay.server.handler.messages) >= 1)
+    mail = message_from_bytes(relay.server.handler.messages[0], policy=policy.default)
+    header = str(mail["List-Unsubscribe"])
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    html = mail.get_body(("html",))
+    assert html is not None
+    body = html.get_content()
+    assert "{{unsubscribe_url}}" not in body and "/unsubscribe/" not in body + header
+    [link] = re.findall(r'<(http[^>]+/test-link/[^>]+)>', header)
+    assert f'href="{link}"' in body  # the template's own link, filled with the stand-in
+
+    c3 = w.app.audience.contact("c3")["id"]
+    before = w.app.audience.contact("c3")["consent"]
+    with serve_api(w.app) as base, httpx.Client(base_url=base, timeout=10) as anon:
+        path = link.split("://", 1)[1].split("/", 1)[1]
+        shown = anon.get(f"/{path}")
+        assert shown.status_code == 200 and "test send" in shown.text
+        assert "unsubscribes its recipient from news by email" in shown.text
+        clicked = anon.post(f"/{path}", data={"List-Unsubscribe": "One-Click"})
+        assert clicked.status_code == 200 and "nothing was changed" in clicked.text
+        forged = anon.get(f"/{path[:-3]}xyz")
+        assert forged.status_code == 400
+        # a real unsubscribe token is no test link, and the other way round
+        real = w.app.links.unsubscribe_url(c3, "news", "email").split("/unsubscribe/")[1]
+        assert anon.get(f"/test-link/{real}").status_code == 400
+        assert anon.get(f"/unsubscribe/{path.split('/')[-1]}").status_code == 400
+    assert w.app.audience.contact("c3")["consent"] == before
+
+
 def test_a_test_send_needs_seeds_and_a_contact_that_renders(w: World) -> None:
     c = w.campaign()
     with pytest.raises(InputError) as none:
