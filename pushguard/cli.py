@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pushguard import logs
+from pushguard import documents, logs
 from pushguard.exceptions import ConfigError, IdempotencyConflict, InputError, PushguardError
 from pushguard.settings import Settings
 
@@ -85,7 +85,7 @@ def find_message(message_id: str) -> Any:
 # -- processes ------------------------------------------------------------------------------
 
 Host = Annotated[str, typer.Option(help="address to listen on")]
-Port = Annotated[int, typer.Option(help="port to listen on")]
+Port = Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")]
 
 
 @cli.command()
@@ -109,9 +109,12 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 @cli.command()
 @handles_errors
 def worker(
-    concurrency: Annotated[int | None, typer.Option(min=1, help="deliveries in flight")] = None,
-    batch: Annotated[int | None, typer.Option(min=1, help="messages claimed per batch")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="serve /metrics on this port")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=100_000,
+                                                   help="deliveries in flight")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, max=100_000,
+                                             help="messages claimed per batch")] = None,
+    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535,
+                                                    help="serve /metrics on this port")] = None,
     metrics_host: Annotated[str, typer.Option(help="address for --metrics-port")] = "127.0.0.1",
 ) -> None:
     """Run only a delivery worker. Start as many as you like, on as many machines."""
@@ -141,7 +144,8 @@ def db_upgrade() -> None:
 
 @cli.command()
 def demo(
-    messages: Annotated[int, typer.Option(help="how many messages to send")] = 3000,
+    messages: Annotated[int, typer.Option(min=1, max=1_000_000,
+                                          help="how many messages to send")] = 3000,
     workdir: Annotated[str, typer.Option(help="where the demo database goes")] = ".demo",
 ) -> None:
     """Send a few thousand messages through sandbox providers with injected failures."""
@@ -153,7 +157,8 @@ def demo(
 @cli.command()
 def sandbox(
     host: Host = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port (APNs +1, SMTP +2); 0: any")] = 8025,
+    port: Annotated[int, typer.Option(min=0, max=65533,
+                                      help="HTTP port (APNs +1, SMTP +2); 0: any")] = 8025,
     profile: Annotated[str | None, typer.Option(help="fault profile (.toml, .json)")] = None,
     records: Annotated[str | None, typer.Option(help="append requests to this JSONL")] = None,
     verify: Annotated[bool, typer.Option(help="verify webhook signatures")] = True,
@@ -227,10 +232,7 @@ def send(
     raw: dict[str, Any] = {"channel": channel, "priority": priority}
     for name, text in (("content", content), ("data", data if template else None)):
         if text is not None:
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                raise InputError(f"--{name}", f"is not valid JSON ({exc.args[0]})") from exc
+            value = documents.parse(text, f"--{name}")
             if name == "content":
                 raw["content"] = value
             else:
@@ -287,7 +289,8 @@ def why(
     contact: Annotated[str | None, typer.Option(help="a contact id or external id: why "
                                                      "has it received nothing?")] = None,
     campaign: Annotated[str | None, typer.Option(help="a campaign id or name")] = None,
-    days: Annotated[int, typer.Option(help="with --contact: days to look back")] = 7,
+    days: Annotated[int, typer.Option(min=1, max=3650,
+                                      help="with --contact: days to look back")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Tell the story of a message, a contact or a campaign in plain words, and what to do."""
@@ -398,7 +401,7 @@ def config_check() -> None:
 
 @sup_cli.command("list")
 @handles_errors
-def sup_list(limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
+def sup_list(limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50) -> None:
     """List suppressed addresses."""
     t = Table("channel", "address", "reason", "source", "since")
     for s in app_for().store.suppressions(limit):
@@ -489,7 +492,23 @@ def _register_audience() -> None:
 _PROCESSES = frozenset({"worker", "api", "serve"})
 
 
+def _undecodable(args: list[str]) -> int | None:
+    """The position of the first argument that is not text: bytes the locale's encoding
+    could not decode reach Python as lone surrogates, which no database or file takes."""
+    for i, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return i
+    return None
+
+
 def main() -> None:
+    bad = _undecodable(sys.argv[1:])
+    if bad is not None:
+        print(f"error: argument {bad} is not valid UTF-8 text ({sys.argv[bad]!r}); check "
+              "the terminal's or the script's encoding", file=sys.stderr)
+        raise SystemExit(2)
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if command not in _PROCESSES:
         _register_audience()

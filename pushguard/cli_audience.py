@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from pushguard import documents
 from pushguard.audience.models import ConsentIn, ContactIn, TopicIn
 from pushguard.audience.service import ConsentRecord, normalise_contact
 from pushguard.cli import _actor, _when, app_for, handles_errors, out
@@ -87,10 +88,7 @@ def contacts_add(
     if locale is not None:
         raw["locale"] = locale
     if attributes is not None:
-        try:
-            raw["attributes"] = json.loads(attributes)
-        except ValueError as exc:
-            raise InputError("--attributes", f"is not valid JSON ({exc.args[0]})") from exc
+        raw["attributes"] = documents.parse(attributes, "--attributes")
     app = app_for()
     c = normalise_contact(_model(ContactIn, raw), app.guard)
     (res,) = app.audience.upsert([c], actor=_actor())

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pushguard import documents
 from pushguard.cli import _actor, app_for, fail, handles_errors, out
 from pushguard.cli_templates import _json_file, _model
 from pushguard.exceptions import Blocked, InputError
@@ -29,10 +30,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 def _filter(raw: str) -> dict[str, Any]:
     value = _json_file(Path(raw[1:]), "--filter") if raw.startswith("@") else None
     if value is None:
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            raise InputError("--filter", f"is not JSON: {exc}") from exc
+        value = documents.parse(raw, "--filter")
     if not isinstance(value, dict):
         raise InputError("--filter", "must be a JSON object")
     return value
@@ -77,7 +75,7 @@ def segment_list(as_json: JsonOpt = False) -> None:
 @handles_errors
 def segment_preview(name: Annotated[str | None, typer.Argument()] = None,
                     filter: Annotated[str | None, typer.Option(help="JSON, or @file")] = None,
-                    sample: int = 10) -> None:
+                    sample: Annotated[int, typer.Option(min=0, max=1000)] = 10) -> None:
     """The live count and a sample of a segment (or of a filter not saved yet)."""
     app = app_for()
     seg = app.campaigns.segments

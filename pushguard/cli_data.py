@@ -85,7 +85,8 @@ def import_contacts(
     encoding: Annotated[str | None, typer.Option(
         help="the file's encoding when it has no byte-order mark (default UTF-8), e.g. "
         "latin-1 or cp1252")] = None,
-    batch: Annotated[int, typer.Option(help="rows per transaction")] = BATCH,
+    batch: Annotated[int, typer.Option(min=1, max=100_000,
+                                       help="rows per transaction")] = BATCH,
 ) -> None:
     """Import contacts from a CSV file: every row is checked, and every problem is reported
     with its line number.

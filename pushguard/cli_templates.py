@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from pushguard import documents
 from pushguard.cli import _actor, app_for, fail, handles_errors, out
 from pushguard.exceptions import InputError
 from pushguard.intake import pydantic_problems
@@ -52,10 +53,10 @@ def _json_file(path: Path, option: str) -> Any:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(option, f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InputError(option, f"{path} is not JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(option, f"{path} is not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start})") from exc
+    return documents.parse(text, option, source=str(path))
 
 
 def _data(raw: str | None) -> dict[str, Any] | None:
@@ -63,10 +64,7 @@ def _data(raw: str | None) -> dict[str, Any] | None:
         return None
     value = _json_file(Path(raw[1:]), "--data") if raw.startswith("@") else None
     if value is None:
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            raise InputError("--data", f"is not JSON: {exc}") from exc
+        value = documents.parse(raw, "--data")
     if not isinstance(value, dict):
         raise InputError("--data", "must be a JSON object")
     return value
@@ -171,7 +169,7 @@ def list_templates() -> None:
 @handles_errors
 def show(
     name: str,
-    version_: Annotated[int | None, typer.Option("--version", min=1,
+    version_: Annotated[int | None, typer.Option("--version", min=1, max=1_000_000,
                                                  help="this version's content")] = None,
 ) -> None:
     """A template as JSON: its current versions and history, or one version."""
@@ -186,7 +184,7 @@ def lint(
     name: str,
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
     locale: Annotated[str | None, typer.Option(help="only this locale's version")] = None,
-    version_: Annotated[int | None, typer.Option("--version", min=1)] = None,
+    version_: Annotated[int | None, typer.Option("--version", min=1, max=1_000_000)] = None,
     data: DataOpt = None,
     sample: Annotated[int, typer.Option(min=1, max=200, help="real contacts to render with")
                       ] = 20,
@@ -226,7 +224,7 @@ def render(
     contact: Annotated[str | None, typer.Option(help="a contact's id or external id")] = None,
     data: DataOpt = None,
     locale: Annotated[str | None, typer.Option(help="default: the contact's")] = None,
-    version_: Annotated[int | None, typer.Option("--version", min=1)] = None,
+    version_: Annotated[int | None, typer.Option("--version", min=1, max=1_000_000)] = None,
 ) -> None:
     """Print what a contact would receive, as JSON."""
     with _service() as service:

@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from pushguard.addresses import CHANNELS, check_header_value, normalize_address
 from pushguard.config import Config
+from pushguard.documents import find_problem
 from pushguard.exceptions import IdempotencyConflict, InputError, NotFound
 from pushguard.maildns import MailDomains
 from pushguard.models import PRIORITIES, Accepted, NewMessage
@@ -54,7 +55,8 @@ class TemplateRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128, description="the template's name or id")
-    version: int | None = Field(default=None, ge=1, description="default: the newest")
+    version: int | None = Field(default=None, ge=1, le=1_000_000,
+                                description="default: the newest")
     locale: str | None = Field(default=None, max_length=35,
                                description="default: the contact's, then the template's")
     data: dict[str, Any] = Field(default_factory=dict, description="the template's `data`")
@@ -177,6 +179,11 @@ class Intake:
     def parse(self, raw: Any, *, prefix: str = "") -> MessageIn:
         if not isinstance(raw, dict):
             raise InputError(prefix.rstrip(".") or "body", "must be a JSON object")
+        problem = find_problem(raw)  # each item of a batch on its own (see api.body)
+        if problem is not None:
+            field, what = problem
+            raise InputError(prefix + field if field != "body" else prefix.rstrip(".") or
+                             "body", what)
         try:
             return MessageIn.model_validate(raw)
         except ValidationError as exc:

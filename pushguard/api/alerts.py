@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.diagnosis import actions
 from pushguard.diagnosis.alerts import AlertBook, rule_json
 from pushguard.diagnosis.holds import Holds, parse_duration
@@ -69,7 +70,7 @@ def open_counts(store: SQLStore) -> tuple[dict[tuple[str, str], int], int]:
 
 
 def alerts_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
     assert isinstance(app.store, SQLStore)
     store: SQLStore = app.store
     app.metrics.watch_alerts(lambda: open_counts(store))

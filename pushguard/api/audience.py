@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pushguard.api import errors
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.audience.models import (
     AddressStatusIn,
     ConsentIn,
@@ -52,7 +53,7 @@ def parse_contact(app: App, raw: Any, prefix: str = "") -> Any:
 
 
 def audience_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
     aud = app.audience
 
     # -- topics -----------------------------------------------------------------------------

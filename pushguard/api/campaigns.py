@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.campaigns import rehearsal
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.preflight import Preflight
@@ -63,7 +64,7 @@ class TestIn(BaseModel):
 
 
 def campaigns_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
 
     def actor(key_id: str) -> str:
         return f"key:{key_id}"

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.diagnosis.campaign_story import campaign_story
 from pushguard.diagnosis.compare import compare_report, side
 from pushguard.diagnosis.failures import failures_report, filters_for, parse_by
@@ -53,7 +54,7 @@ def subject_of(body: LessonIn | dict[str, str | None]) -> tuple[str, str]:
 
 
 def diagnosis_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
     if not isinstance(app.store, SQLStore):  # pragma: no cover - every deployment is SQL
         raise PushguardError("diagnosis needs the SQL store")
     store: SQLStore = app.store

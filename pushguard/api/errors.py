@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pushguard.api.body import STATE_KEY
 from pushguard.exceptions import (
     AuthError,
     Blocked,
@@ -93,6 +94,12 @@ def install(app: FastAPI) -> None:
                            [{"field": "Content-Type", "problem": "must be application/json"}]),
                 status_code=415,
             )
+        problem = getattr(request.state, STATE_KEY, None)
+        if problem is not None:  # parsed, but not storable (pushguard.api.body)
+            field, what = problem
+            return JSONResponse(error_body("validation_error", f"{field}: {what}",
+                                           [{"field": field, "problem": what}]),
+                                status_code=422)
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(
                 error_body("malformed_json", "the request body is not valid JSON",

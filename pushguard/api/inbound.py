@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from pushguard.addresses import normalize_address
+from pushguard.api.body import CheckedRoute
 from pushguard.api.public import read_form
 from pushguard.audience.keywords import handle_sms
 from pushguard.exceptions import AuthError, InputError
@@ -34,7 +35,7 @@ log = structlog.get_logger("pushguard.inbound")
 
 
 def inbound_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
     tokens: dict[str, list[str]] = {}
 
     def tokens_for(account_sid: str) -> list[str]:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.audience import optin
 from pushguard.audience.links import BadLink
 from pushguard.audience.models import SubscribeIn
@@ -88,7 +89,7 @@ async def read_form(request: Request) -> FormData | None:
 
 
 def public_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
 
     # -- confirmed opt-in -------------------------------------------------------------------
 

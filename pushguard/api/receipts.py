@@ -8,7 +8,6 @@ invalid or opted out goes on the suppression list.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,9 @@ from fastapi import APIRouter, Request, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.concurrency import run_in_threadpool
 
-from pushguard import taxonomy
+from pushguard import documents, taxonomy
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.exceptions import AuthError, InputError, NotFound
 from pushguard.providers.base import ProviderContext
 from pushguard.providers.http import HttpProvider
@@ -42,7 +42,7 @@ CONFIRMED = frozenset({"delivered", "read"})
 
 
 def receipts_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
     twilio: dict[str, list[TwilioProvider]] = {}
 
     def twilio_for(account_sid: str) -> list[TwilioProvider]:
@@ -161,10 +161,7 @@ def receipts_router(app: App) -> APIRouter:
 
         No API key: the SNS signature (certificate from an AWS host) is the authentication,
         and ``PUSHGUARD_SES_TOPIC_ARNS`` limits which topics are believed."""
-        try:
-            body = json.loads(await request.body())  # SNS sends text/plain
-        except ValueError:
-            raise InputError("body", "is not JSON (an SNS message was expected)") from None
+        body = documents.parse(await request.body(), "body")  # SNS sends text/plain
         if not isinstance(body, dict):
             raise InputError("body", "must be a JSON object (an SNS message)")
         if topics is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.diagnosis.postmortem import campaign_postmortem, incident_postmortem
 from pushguard.diagnosis.report_html import as_html
 from pushguard.diagnosis.report_md import as_markdown
@@ -45,7 +46,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def reports_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
 
     def report(make: Callable[[App, str], dict[str, Any]], ref: str,
                fmt: Format) -> Response | dict[str, Any]:

@@ -21,6 +21,7 @@ from pushguard.api import errors
 from pushguard.api.alerts import alerts_router
 from pushguard.api.audience import audience_router
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.api.campaigns import campaigns_router
 from pushguard.api.data import data_router
 from pushguard.api.diagnosis import diagnosis_router
@@ -135,6 +136,7 @@ def create_api(app: App) -> FastAPI:
         version="0.1.0",
         description="Multi-channel push delivery where pushes do not fail silently.",
     )
+    api.router.route_class = CheckedRoute  # the routes below (messages, health) too
     api.state.pushguard = app
     api.state.limiter = KeyedLimiter(app.settings.api_rate, app.settings.api_burst)
     errors.install(api)

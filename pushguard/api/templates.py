@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pushguard.api import errors
 from pushguard.api.auth import Auth
+from pushguard.api.body import CheckedRoute
 from pushguard.templates.errors import LintRefused, TemplateError
 from pushguard.templates.models import LintIn, RenderIn, TemplateIn, VersionIn
 
@@ -34,7 +35,7 @@ def refused(exc: LintRefused) -> JSONResponse:
 
 
 def templates_router(app: App) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedRoute)
     service = app.templates
 
     @router.post("/v1/templates", status_code=201, tags=["templates"],

@@ -55,6 +55,39 @@ def test_bad_input_is_a_clear_error_with_status_1(cli: CLI) -> None:
     assert cli("status", "msg_nope", check=False).returncode == 1
 
 
+def test_input_the_store_cannot_hold_is_an_error_not_a_traceback(cli: CLI,
+                                                                 tmp_path: Path) -> None:
+    """Input that parses but no database or file could hold: bytes that are not UTF-8 in an
+    argument, a lone surrogate or absurd nesting in a JSON option, a file that is not UTF-8,
+    and numbers past any column's range."""
+    cli("db", "upgrade")
+    deep = "[" * 50_000 + "]" * 50_000
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
+    (tmp_path / "lone.json").write_text('{"name": "t", "channel": "webhook", '
+                                        '"content": {"json": {"x": "\\ud800"}}}')
+    cases: list[tuple[list[str | bytes], str]] = [
+        (["contacts", "show", b"u1\xff"], "argument 3 is not valid UTF-8 text"),
+        (["contacts", "add", "u2", "--attributes", '{"plan": "\\ud800"}'],
+         "--attributes.plan: is not valid Unicode text"),
+        (["contacts", "add", "u2", "--attributes", deep], "--attributes: is nested too deep"),
+        (["send", "--channel", "webhook", "--to", "http://127.0.0.1/x", "--content",
+          '{"a": "\\udfff"}'], "--content.a: is not valid Unicode text"),
+        (["template", "add", "t", "-f", "latin1.json"], "is not UTF-8 text"),
+        (["template", "add", "t", "-f", "lone.json"], "content.json.x: is not valid Unicode"),
+        (["segments", "preview", "--filter", deep], "--filter: is nested too deep"),
+    ]
+    for args, expected in cases:
+        proc = cli(*args, check=False)  # type: ignore[arg-type]
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+        assert expected in proc.stderr, (args[:2], proc.stderr)
+    for args in (["suppressions", "list", "--limit", str(2**63)],
+                 ["template", "show", "t", "--version", str(2**63)],
+                 ["segments", "preview", "--filter", "{}", "--sample", str(2**63)]):
+        proc = cli(*args, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "Invalid value" in proc.stderr
+
+
 def test_commands_refuse_an_unmigrated_database(cli: CLI) -> None:
     proc = cli("send", "--channel", "webhook", "--to", "http://127.0.0.1/x", check=False)
     assert proc.returncode == 1 and "pushguard db upgrade" in proc.stderr
