@@ -19,7 +19,8 @@ class ChannelStep(BaseModel):
 
     channel: str = Field(max_length=32)
     template: str = Field(min_length=1, max_length=128)
-    version: int | None = Field(default=None, ge=1, description="default: the newest")
+    version: int | None = Field(default=None, ge=1, le=1_000_000,
+                                description="default: the newest")
 
 
 class Schedule(BaseModel):

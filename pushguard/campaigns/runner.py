@@ -16,16 +16,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import and_, exists, func, or_, select, update
 
 from pushguard.campaigns import fanout
 from pushguard.campaigns.service import FAILED, LIVE, Campaigns, hold, spec_of
-from pushguard.exceptions import NotFound
+from pushguard.exceptions import NotFound, PushguardError, StoreError
 from pushguard.store.schema import campaign_recipients, campaigns, events, messages
 
 if TYPE_CHECKING:
     from pushguard.app import App
     from pushguard.duties import Tick
+
+log = structlog.get_logger("pushguard.campaigns")
 
 LEASE = 60.0
 #: seconds between two judgements of a campaign's failure rate (auto-pause)
@@ -56,7 +59,25 @@ class Runner:
                 with self.campaigns.store._write() as conn:
                     hold(conn, cid, now, "held: the campaign is paused")
             elif self._lease(cid, now):
-                self.step(cid)
+                self._step_alone(cid)
+
+    def _step_alone(self, cid: str) -> None:
+        """:meth:`step`, so that one campaign's failure stops only that campaign: a store
+        error (busy, full, gone) is logged and the next tick tries again; anything else is a
+        problem of this campaign's own (a bug its data found), which would fail on every
+        tick, so the campaign is paused with the error as the reason and the others go on."""
+        try:
+            self.step(cid)
+        except StoreError as exc:
+            log.warning("campaign_step_failed", campaign=cid, error=str(exc))
+        except Exception as exc:
+            what = f"{type(exc).__name__}: {exc}"[:300]
+            log.exception("campaign_step_crashed", campaign=cid, error=what)
+            try:
+                self.campaigns.pause(cid, actor="runner", reason=(
+                    f"the runner failed on this campaign ({what}); fix it, then resume"))
+            except PushguardError as again:
+                log.error("campaign_pause_failed", campaign=cid, error=str(again))
 
     def _lease(self, cid: str, now: float) -> bool:
         with self.campaigns.store._write() as conn:

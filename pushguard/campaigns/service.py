@@ -17,6 +17,7 @@ nothing more goes out; resuming releases them, with their deadlines moved by the
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from pushguard.campaigns.composer import Composer
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.segments import Segments
 from pushguard.exceptions import Blocked, Conflict, InputError, NotFound
+from pushguard.intake import MAX_SEND_AHEAD as MAX_AHEAD
 from pushguard.intake import pydantic_problems
 from pushguard.models import new_id
 from pushguard.store.schema import campaign_recipients, campaigns, messages
@@ -43,6 +45,9 @@ LIVE = (*READY, "sending")
 FAILED = ("failed", "dead", "expired")
 #: a pre-flight report younger than this, of an unchanged campaign, is reused by start
 FRESH_PREFLIGHT = 600.0
+
+#: 2000-01-01T00:00:00Z: no schedule is earlier
+_EARLIEST = 946_684_800.0
 
 
 def spec_of(row: Any) -> CampaignIn:
@@ -102,6 +107,17 @@ class Campaigns:
                 raise InputError("schedule", "give at or local_time, not both")
             if s.date is not None and s.local_time is None:
                 raise InputError("schedule.date", "goes with local_time")
+            # a year ahead at most, as for a message's send_at; a past time means now, but
+            # not one before this century (such dates overflow when a day is added or taken)
+            now = time.time()
+            if s.at is not None and not _EARLIEST <= s.at.timestamp() <= now + MAX_AHEAD:
+                raise InputError("schedule.at", "must be within a year from now (a past "
+                                 "time, from 2000 on, means now)")
+            if s.date is not None and not (
+                    dt.date(2000, 1, 1) <= s.date
+                    <= dt.date.fromtimestamp(now + MAX_AHEAD)):
+                raise InputError("schedule.date", "must be within a year from now (a past "
+                                 "date, from 2000 on, means now)")
             if s.default_timezone is not None:
                 try:
                     ZoneInfo(s.default_timezone)

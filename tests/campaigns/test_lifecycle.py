@@ -185,7 +185,8 @@ def test_illegal_transitions_are_conflicts(w: World) -> None:
 def test_a_paused_scheduled_campaign_resumes_as_scheduled(w: World) -> None:
     w.contacts(3)
     c = w.app.campaigns
-    cid = w.campaign(schedule={"at": "2099-01-01T09:00:00Z"})["id"]
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 300 * 86400))
+    cid = w.campaign(schedule={"at": later})["id"]
     assert c.start(cid, actor="t")["state"] == "scheduled"
     assert c.pause(cid, reason="x", actor="t")["state"] == "paused"
     assert c.resume(cid, actor="t")["state"] == "scheduled"
@@ -295,3 +296,29 @@ def test_a_contact_erased_after_the_snapshot_is_skipped(w: World) -> None:
     assert len(rows) == 4 and ids[2] not in {r.contact_id for r in rows}
     skipped = [r for r in recipients_of(w.app, cid) if r.state == "skipped"]
     assert [(r.contact_id, r.detail) for r in skipped] == [(ids[2], "the contact was erased")]
+
+
+def test_a_campaign_the_runner_fails_on_is_paused_and_the_others_go_on(w: World) -> None:
+    """A campaign whose step raises (here its stored spec names a template version no
+    database holds, as intake allowed before versions were bounded) must not stop the
+    runner: it is paused with the error as the reason, every tick after skips it, and the
+    campaign started after it is fanned out."""
+    w.contacts(5)
+    bad = w.campaign(name="bad")["id"]
+    good = w.campaign(name="good")["id"]
+    for cid in (bad, good):
+        w.app.campaigns.start(cid, actor="test")
+    with w.app.store._write() as conn:
+        spec = json.loads(conn.execute(text("SELECT spec FROM campaigns WHERE id = :i"),
+                                       {"i": bad}).scalar_one())
+        spec["campaign"]["channels"][0]["version"] = 2**63
+        conn.execute(update(campaigns).where(campaigns.c.id == bad).values(
+            spec=json.dumps(spec)))
+    runner = Runner(w.app.campaigns)
+    runner.tick()
+    runner.tick()
+    row = w.app.campaigns.find(bad)
+    assert row.state == "paused" and "the runner failed on this campaign" in row.paused_reason
+    assert "(by runner)" in row.paused_reason
+    assert len(campaign_messages(w.app, good)) == 5
+    assert "campaign.pause" in [a for a, _ in audit_actions(w.app, bad)]

@@ -180,6 +180,12 @@ def test_local_time_without_a_date_is_the_next_nine_and_a_past_date_is_now(w: Wo
     ({"at": "2030-01-01T09:00:00Z", "local_time": "09:00"}, "schedule"),
     ({"local_time": "09:00", "default_timezone": "Mars/Olympus"}, "schedule.default_timezone"),
     ({"at": "2030-01-01T09:00:00"}, "schedule.at"),  # no zone: ambiguous
+    # dates whose arithmetic overflows: refused, not a 500 later in the pre-flight
+    ({"at": "9999-12-31T23:59:59Z"}, "schedule.at"),
+    ({"at": "0001-01-01T00:00:00+14:00"}, "schedule.at"),
+    ({"at": (dt.datetime.now(dt.UTC) + dt.timedelta(days=400)).isoformat()}, "schedule.at"),
+    ({"local_time": "09:00", "date": "9999-12-31"}, "schedule.date"),
+    ({"local_time": "09:00", "date": "0001-01-01"}, "schedule.date"),
 ])
 def test_bad_schedules_are_refused_naming_the_field(w: World, schedule: dict[str, Any],
                                                     field: str) -> None:
