@@ -93,6 +93,9 @@ class HttpClient:
                 timeout=self.timeout,
                 headers={"User-Agent": "pushguard/0.1"},
                 auto_decompress=True,
+                # Each request stands alone: a cookie one receiver sets must not ride along
+                # to the next request, or to another tenant's receiver on the same domain.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ class Receiver:
         self.wh = Webhook(secret)
         self.verified: list[tuple[str, Any]] = []
         self.ids: list[str] = []
+        self.cookies: list[str | None] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -36,8 +37,13 @@ class Receiver:
         self.ids.append(request.headers["webhook-id"])
         self.verified.append((request.match_info["case"], payload))
         case = request.match_info["case"]
+        self.cookies.append(request.headers.get("Cookie"))
         if case == "ok":
             return web.json_response({"ok": True})
+        if case == "cookie":
+            resp = web.json_response({"ok": True})
+            resp.set_cookie("session", "tenant-a", path="/", max_age=3600)
+            return resp
         if case == "timeout":
             await asyncio.sleep(5)
             return web.Response(status=200)
@@ -187,3 +193,19 @@ async def test_internal_destination_is_refused_at_send_time(webhook_secret: str,
 def test_bad_secret_is_a_config_error(secret: str) -> None:
     with pytest.raises(ConfigError):
         provider(secret)
+
+
+async def test_cookies_a_receiver_sets_are_never_sent_back(
+    receiver: tuple[str, Receiver], webhook_secret: str,
+) -> None:
+    """Each delivery stands alone: a receiver's Set-Cookie must not ride along on the next
+    request, to it or to any other receiver on the same domain."""
+    base, rec = receiver
+    named = base.replace("127.0.0.1", "localhost")  # a name: cookies for IPs are never kept
+    p = provider(webhook_secret)
+    try:
+        for path in ("cookie", "ok", "cookie", "ok"):
+            await p.send(delivery(f"{named}/hooks/{path}"))
+    finally:
+        await p.close()
+    assert len(rec.cookies) == 4 and rec.cookies == [None] * 4
