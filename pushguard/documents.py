@@ -12,22 +12,63 @@ Python's ``json`` accepts two things the rest of the system cannot handle:
 from __future__ import annotations
 
 import json
+import re
+import sys
+from itertools import accumulate
 from typing import Any
 
 from pushguard.exceptions import InputError
 
 #: objects and arrays nested deeper than this, counted from the body's top, are refused
 MAX_DEPTH = 64
+#: no document (a body, a message, a contact's attributes) holds more values than this
+MAX_VALUES = 200_000
+PROBLEM_TEXT = "is not valid Unicode text (it holds a lone UTF-16 surrogate)"
+
+# A lone surrogate in JSON bytes: escaped (a high one not followed by a low one, or a low one
+# not preceded by a high one: an escaped pair such as \ud83d\ude00 is text, and common), or
+# as raw CESU-8 bytes (ED A0-BF ..), which json decodes as well, one surrogate each.
+_LONE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\xed[\xa0-\xbf]")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1, +1, -1, -1
 
 
-def _path(parts: list[str | int]) -> str:
+def _too_deep(raw: bytes, max_depth: int) -> bool:
+    """Whether a valid JSON text nests deeper than ``max_depth``, from its bytes alone: the
+    strings dropped, the brackets kept as +1 and -1, and the running sum's peak. All of it
+    runs in C, in a few passes over the bytes and one over the brackets."""
+    # Backslashes occur only inside strings: without the escaped backslashes and quotes,
+    # every quote left opens or closes a string, and every other piece lies outside them.
+    bare = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(bare.split(b'"')[::2]).translate(None, _NOT_BRACKET)
+    if len(brackets) <= 2 * max_depth:
+        return False
+    steps = memoryview(brackets.translate(_STEP)).cast("b")
+    return max(accumulate(steps)) > max_depth
+
+
+def suspect(raw: bytes, *, max_depth: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text ``raw`` (which parsed) may hold what :func:`find_problem`
+    refuses. False for almost every body, at the cost of a few passes in C; when True, the
+    walk in Python finds the field, or nothing (an escaped backslash before "ud800" is text)."""
+    if json.detect_encoding(raw) != "utf-8":
+        return True  # UTF-16 or -32: surrogates are code units there, check the text itself
+    maybe = b"\\ud" in raw or b"\\uD" in raw or b"\xed" in raw  # before the regex: cheaper
+    return (maybe and _LONE.search(raw) is not None) or _too_deep(raw, max_depth)
+
+
+def _path(parts: list[Any]) -> str:
     out = ""
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "body"
 
 
-def _not_text(s: str) -> bool:
+def not_text(s: str) -> bool:
+    """Whether ``s`` holds a lone surrogate, which no encoder or database takes."""
     if s.isascii():
         return False
     try:
@@ -37,31 +78,58 @@ def _not_text(s: str) -> bool:
     return False
 
 
-def find_problem(data: Any, *, texts: bool = True,
-                 max_depth: int = MAX_DEPTH) -> tuple[str, str] | None:
-    """(field, problem) for the first value that is not text (``texts``) or nested deeper
-    than ``max_depth``; None when the document is fine."""
-    stack: list[tuple[Any, list[str | int]]] = [(data, [])]
+def find_problem(data: Any, *, max_depth: int = MAX_DEPTH,
+                 max_values: int = MAX_VALUES) -> tuple[str, str] | None:
+    """(field, problem) for the first string that is not text, or the first object or array
+    nested deeper than ``max_depth``; None when the document is fine. One pass, in time and
+    memory linear in the document: one iterator per open container, and the path to the
+    current value (rebuilt as a field name only for the answer). A document of more than
+    ``max_values`` values is a problem too: none is that large, and the walk stays short."""
+    if isinstance(data, str):
+        return ("body", PROBLEM_TEXT) if not_text(data) else None
+    if not isinstance(data, dict | list):
+        return None
+    path: list[Any] = []
+    stack: list[Any] = [iter(data.items()) if isinstance(data, dict) else enumerate(data)]
+    budget = max_values
     while stack:
-        value, at = stack.pop()
-        if isinstance(value, str):
-            if texts and _not_text(value):
-                return _path(at), "is not valid Unicode text (it holds a lone UTF-16 surrogate)"
-            continue
-        if isinstance(value, dict):
-            items: Any = value.items()
-        elif isinstance(value, list):
-            items = enumerate(value)
+        for key, value in stack[-1]:
+            budget -= 1
+            if budget < 0:
+                return "body", f"holds more than {max_values:,} values"
+            if isinstance(key, str) and not_text(key):
+                return _path(path), "has a key that is not valid Unicode text (a lone " \
+                                    "UTF-16 surrogate)"
+            if isinstance(value, str):
+                if not_text(value):
+                    return _path([*path, key]), PROBLEM_TEXT
+            elif isinstance(value, dict | list):
+                if len(stack) >= max_depth:  # named by its top field: the whole path is long
+                    return _path([*path, key][:1]), f"is nested deeper than {max_depth} levels"
+                path.append(key)
+                stack.append(iter(value.items()) if isinstance(value, dict)
+                             else enumerate(value))
+                break
         else:
-            continue
-        if len(at) >= max_depth:  # named by its top field: the full path is the problem
-            return _path(at[:1]), f"is nested deeper than {max_depth} levels"
-        for key, item in items:
-            if texts and isinstance(key, str) and _not_text(key):
-                return _path(at), "has a key that is not valid Unicode text (a lone " \
-                                  "UTF-16 surrogate)"
-            stack.append((item, [*at, key]))
+            stack.pop()
+            if path:
+                path.pop()
     return None
+
+
+def read_stdin(field: str, *, limit: int) -> str:
+    """Standard input as UTF-8 text of at most ``limit`` bytes, or ``InputError`` naming
+    ``field``: closed, too long (only ``limit`` + 1 bytes are ever read), or not UTF-8."""
+    if sys.stdin is None:
+        raise InputError(field, "'-' reads standard input, which is closed")
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(field, f"standard input is longer than {limit:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(field, f"standard input is not UTF-8 text ({exc.reason} at byte "
+                                f"{exc.start})") from None
 
 
 def parse(text: str | bytes, field: str, *, source: str = "") -> Any:

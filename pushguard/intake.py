@@ -176,10 +176,13 @@ class Intake:
                              "topics add, or POST /v1/topics)")
         return kind
 
-    def parse(self, raw: Any, *, prefix: str = "") -> MessageIn:
+    def parse(self, raw: Any, *, prefix: str = "", check: bool = True) -> MessageIn:
+        """A message from JSON. ``check``: whether it may hold what the store cannot (a
+        lone surrogate, deep nesting); False when its bytes were already judged clean (a
+        batch's body, :func:`pushguard.api.body.suspect_body`)."""
         if not isinstance(raw, dict):
             raise InputError(prefix.rstrip(".") or "body", "must be a JSON object")
-        problem = find_problem(raw)  # each item of a batch on its own (see api.body)
+        problem = find_problem(raw) if check else None
         if problem is not None:
             field, what = problem
             raise InputError(prefix + field if field != "body" else prefix.rstrip(".") or

@@ -11,7 +11,7 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +21,7 @@ from pushguard.api import errors
 from pushguard.api.alerts import alerts_router
 from pushguard.api.audience import audience_router
 from pushguard.api.auth import Auth
-from pushguard.api.body import CheckedRoute
+from pushguard.api.body import CheckedRoute, suspect_body
 from pushguard.api.campaigns import campaigns_router
 from pushguard.api.data import data_router
 from pushguard.api.diagnosis import diagnosis_router
@@ -191,6 +191,7 @@ def create_api(app: App) -> FastAPI:
     def send_batch(
         batch: BatchIn,
         key_id: Auth,
+        request: Request,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> Any:
         """Accept up to 1000 messages; each gets its own result, invalid ones their own error.
@@ -202,10 +203,11 @@ def create_api(app: App) -> FastAPI:
         results: list[dict[str, Any] | None] = [None] * n
         valid, where = [], []
         memo: dict[tuple[str, str], str] = {}
+        check = suspect_body(request)
         for i, raw in enumerate(batch.messages):
             prefix = f"messages[{i}]."
             try:
-                item = app.intake.parse(raw, prefix=prefix)
+                item = app.intake.parse(raw, prefix=prefix, check=check)
                 header_key = None
                 if idempotency_key and item.idempotency_key is None:
                     header_key = f"{idempotency_key}:{i}"

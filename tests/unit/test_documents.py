@@ -1,0 +1,91 @@
+"""What the store cannot hold in a JSON document (a lone UTF-16 surrogate, nesting past 64
+levels), judged twice: :func:`suspect` from the bytes alone, in C, so that a body costs
+little more than its parse whatever it holds; :func:`find_problem` from the parsed value,
+naming the field. A body ``suspect`` passes must never hold a problem."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pushguard.documents import MAX_DEPTH, find_problem, parse, suspect
+from pushguard.exceptions import InputError
+
+
+def nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": [1]}
+    for _ in range(levels - 2):
+        value = {"a": value}
+    return value  # ``levels`` containers, counting the innermost list
+
+
+@pytest.mark.parametrize("levels", range(MAX_DEPTH - 3, MAX_DEPTH + 4))
+def test_bytes_and_value_agree_on_depth(levels: int) -> None:
+    doc = nested(levels)
+    raw = json.dumps(doc).encode()
+    found = find_problem(doc)
+    assert suspect(raw) == (found is not None) == (levels > MAX_DEPTH)
+    if found is not None:
+        assert found == ("a", f"is nested deeper than {MAX_DEPTH} levels")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"note": "\\ud83d\\ude00 and \\u00e9"}',                   # an escaped pair is text
+    '{"note": "\U0001f600 caf\u00e9"}'.encode(),                # raw UTF-8
+    b'{"s": "' + b"[" * 500 + b'{{{{", "t": "\\\\"}',           # brackets inside strings
+    b'[' * 63 + b'"' + b'[' * 70 + b'",' + b"0," * 10_000 + b"0" + b']' * 63,
+    json.dumps({"messages": [{"content": {"n": i, "tags": ["a", ["b"]]}}
+                             for i in range(1000)]}).encode(),
+])
+def test_clean_bodies_are_not_suspect(raw: bytes) -> None:
+    assert not suspect(raw)
+    assert find_problem(json.loads(raw)) is None
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"a": {"b": "x\\ud800"}}', "a.b"),                       # a high one alone
+    (b'{"a": ["ok", "\\uDC00y"]}', "a[1]"),                      # a low one alone
+    (b'{"a": "\\ud83d\\u0041"}', "a"),                           # a high one, then no low one
+    (b'{"a": "\\ude00\\ud83d"}', "a"),                           # a pair the wrong way round
+    ('{"a": {"b": "\ud800"}}'.encode("utf-8", "surrogatepass"), "a.b"),  # raw CESU-8 bytes
+    ('{"k\udfff": 1}'.encode("utf-16", "surrogatepass"), "body"),  # UTF-16, a bad key
+])
+def test_lone_surrogates_are_found_and_named(raw: bytes, field: str) -> None:
+    assert suspect(raw)
+    found = find_problem(json.loads(raw))
+    assert found is not None and found[0] == field and "surrogate" in found[1]
+
+
+def test_an_escaped_backslash_before_u_is_text() -> None:
+    raw = b'{"path": "C:\\\\ud800"}'  # a backslash, then the letters "ud800"
+    assert json.loads(raw)["path"] == "C:\\ud800"
+    assert find_problem(json.loads(raw)) is None  # suspect may say yes; the walk says no
+
+
+def test_a_wide_document_is_walked_to_its_end() -> None:
+    doc = {"rows": [{"i": i, "v": [i, {"w": "x"}]} for i in range(20_000)]}
+    doc["rows"][-1]["v"][1]["w"] = "\udfff"
+    assert find_problem(doc) == ("rows[19999].v[1].w", find_problem("\udfff")[1])  # type: ignore[index]
+
+
+def test_parse_names_the_option_and_the_field() -> None:
+    with pytest.raises(InputError) as bad:
+        parse('{"plan": "\\ud800"}', "--attributes")
+    assert bad.value.field == "--attributes.plan"
+    with pytest.raises(InputError) as deep:
+        parse("[" * 100_000 + "]" * 100_000, "--filter")
+    assert deep.value.field == "--filter" and "too deep" in deep.value.problem
+    with pytest.raises(InputError) as latin:
+        parse(b'{"a": "caf\xe9"}', "body")
+    assert "not valid JSON" in latin.value.problem
+    assert parse('{"a": [1, "\\ud83d\\ude00"]}', "x") == {"a": [1, "\U0001f600"]}
+
+
+def test_the_walk_stops_at_its_budget() -> None:
+    """A body is parsed before its API key is checked, so no body may cost a long walk: past
+    ``max_values`` values the document is refused as too large, wherever its problem is."""
+    doc = [0] * 1000 + ["\udfff"]
+    assert find_problem(doc, max_values=1000) == ("body", "holds more than 1,000 values")
+    assert find_problem(doc, max_values=1001) == ("[1000]", find_problem("\udfff")[1])  # type: ignore[index]
