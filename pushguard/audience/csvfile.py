@@ -23,7 +23,10 @@ from typing import BinaryIO
 from pushguard.exceptions import InputError
 
 MARK = "pushguard.mark"
+#: codecs whose escapes decode to any code point, lone surrogates included
+_ESCAPES = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna"})
 _MARKED = re.compile("[\udc00-\udcff]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32", "UTF-32"),
@@ -44,6 +47,11 @@ def _mark(exc: UnicodeError) -> tuple[str, int]:
 codecs.register_error(MARK, _mark)
 
 
+def shown(text: str) -> str:
+    """``text`` fit to show and store: each marked (or otherwise lone) surrogate as U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def bad_bytes(text: str) -> bytes:
     """The bytes marked as undecodable in ``text`` (empty when it decoded cleanly)."""
     return bytes(ord(ch) - 0xDC00 for run in _MARKED.findall(text) for ch in run)
@@ -58,10 +66,13 @@ def detect(head: bytes, encoding: str | None) -> tuple[str, str]:
     if encoding is not None:
         try:
             info = codecs.lookup(encoding)
-        except LookupError:
+        except (LookupError, ValueError):  # ValueError: a NUL in the name
             raise InputError("encoding", f"unknown encoding {encoding!r} (try utf-8, "
                              "utf-16, latin-1 or cp1252)") from None
         name = info.name
+        if name in _ESCAPES:
+            raise InputError("encoding", f"{encoding!r} decodes escapes into any code point, "
+                             "including ones that are not text; save the file as UTF-8")
         if not getattr(info, "_is_text_encoding", True):
             raise InputError("encoding", f"{encoding!r} is not a text encoding (try utf-8, "
                              "utf-16-le, latin-1 or cp1252)")

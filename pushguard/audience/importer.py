@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, insert, select, text, update
 
 from pushguard.addresses import normalize_address
-from pushguard.audience.csvfile import CSVFile, Record, bad_bytes
+from pushguard.audience.csvfile import CSVFile, Record, bad_bytes, shown
 from pushguard.audience.gate import CONSENT_CHANNELS, bump
 from pushguard.audience.models import ContactIn
 from pushguard.audience.service import Audience, NormalContact
@@ -302,8 +302,8 @@ class ContactImport:
             row, issues = self._parse(rec.first, cells, h)
         if issues:
             summary.rejected += 1
-            for column, problem in issues:
-                report(RowIssue(rec.first, ext, column, problem))
+            for column, problem in issues:  # the id as text: undecodable bytes as U+FFFD
+                report(RowIssue(rec.first, shown(ext), column, problem))
         return row
 
     @staticmethod
@@ -322,6 +322,7 @@ class ContactImport:
                 shown = " ".join(f"0x{b:02X}" for b in bad[:4])
                 out.append((names[i], f"not valid {label} (byte {shown}); save the file as "
                             "UTF-8 or give its encoding (e.g. latin-1 or cp1252)"))
+
         return out
 
     def _parse(self, line: int, cells: list[str],

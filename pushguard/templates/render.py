@@ -26,6 +26,7 @@ from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
 from pushguard.addresses import check_header_value
+from pushguard.documents import not_text
 from pushguard.exceptions import InputError
 from pushguard.providers.email_message import parse_mailbox
 from pushguard.templates import content as tc
@@ -242,6 +243,10 @@ class Renderer:
         out: dict[str, str] = answer["ok"]
         headers = tc.HEADER_FIELDS.get(b.template.channel, frozenset())
         for path, value in out.items():
+            if not_text(value):  # '{{ "\ud800" }}', or a variable holding one
+                return self.error(b, {"kind": "invalid", "field": path, "message": (
+                    "renders text that is not valid Unicode (a lone UTF-16 surrogate); does "
+                    "a string in the template, or a variable's value, hold one?")})
             if path not in headers:
                 continue
             try:

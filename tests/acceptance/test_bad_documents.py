@@ -71,6 +71,13 @@ def test_nesting_past_the_limit_is_refused_and_below_it_reads_back(live_api: Liv
     assert len(live_api.app.store.list_messages()) == 1
 
 
+def test_a_batch_too_deep_for_the_parser_is_a_422(live_api: LiveAPI) -> None:
+    with live_api.client() as c:
+        r = c.post("/v1/messages/batch", content=b"[" * 100_000 + b"]" * 100_000,
+                   headers=JSON)
+    assert r.status_code == 422 and "nested deeper than 64" in r.text, r.text
+
+
 def test_in_a_batch_each_bad_message_gets_its_own_error(live_api: LiveAPI) -> None:
     good = {"channel": "webhook", "to": HOOK, "content": {"n": 1}}
     doc = {"messages": [good, {**good, "content": {"s": "SURROGATE"}},
@@ -104,3 +111,30 @@ def test_other_free_form_documents_are_checked_too(live_api: LiveAPI, path: str,
         assert r.json()["error"]["fields"][0]["field"] == field
         for listing in ("/v1/contacts", "/v1/segments", "/v1/templates"):
             assert c.get(listing).status_code == 200, listing
+
+
+def test_a_template_that_renders_a_lone_surrogate_is_refused(live_api: LiveAPI) -> None:
+    """Jinja turns the escape in a string literal into the surrogate itself: the body is
+    clean, the rendered text is not. The lint on save renders it and refuses it."""
+    template = {"name": "t1", "channel": "webhook",
+                "content": {"json": {"x": "{{ '\\ud800' }}", "ok": "{{ 'fine' }}"}}}
+    with live_api.client() as c:
+        saved = c.post("/v1/templates", json=template)
+        assert saved.status_code == 422, saved.text
+        [field] = saved.json()["error"]["fields"]
+        assert field["field"] == "content.json.x" and "not valid Unicode" in field["problem"]
+        assert c.get("/v1/templates").status_code == 200
+
+
+@pytest.mark.parametrize(("query", "body", "status", "text"), [
+    ("", b"external_id,email\nx\x80,a@example.com\n", 200, "x\ufffd"),  # a row rejected
+    ("?encoding=unicode_escape", b"external_id,attr.x\nu1,\\ud800\n", 422, "encoding"),
+    ("?encoding=utf-8%00", b"external_id\nu1\n", 422, "unknown encoding"),
+])
+def test_a_csv_import_never_stores_or_answers_what_is_not_text(
+        live_api: LiveAPI, query: str, body: bytes, status: int, text: str) -> None:
+    with live_api.client() as c:
+        r = c.post(f"/v1/contacts/import{query}", content=body,
+                   headers={"Content-Type": "text/csv"})
+        assert r.status_code == status and text in r.text, r.text
+        assert c.get("/v1/contacts").status_code == 200

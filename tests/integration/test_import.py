@@ -4,6 +4,7 @@ with its line, counts that add up, and nothing written for a file that cannot be
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 from pushguard.audience.importer import ContactImport, ImportOptions, ImportSummary, RowIssue
 from pushguard.audience.models import TopicIn
 from pushguard.audience.service import Audience, ConsentRecord
-from pushguard.exceptions import InputError
+from pushguard.exceptions import InputError, NotFound
 from pushguard.ssrf import OutboundGuard
 from pushguard.store.schema import audit_log, consent_ledger, contact_addresses, contacts
 from pushguard.store.sql import SQLStore
@@ -178,6 +179,39 @@ def test_utf16_without_a_byte_order_mark_is_refused_with_a_hint(audience: Audien
     with pytest.raises(InputError) as e:
         run(audience, "external_id\na\n".encode("utf-16-le"))
     assert e.value.field == "encoding" and "utf-16-le" in e.value.problem
+
+
+@pytest.mark.parametrize(("encoding", "body"), [
+    ("utf-7", b"external_id,attr.plan\nu1,a+2AA-b\n"),               # +2AA- is U+D800
+    ("unicode_escape", b"external_id,attr.plan\nu1,a\\ud800b\n"),
+    ("raw_unicode_escape", b"external_id,attr.plan\nu1,a\\ud800b\n"),
+])
+def test_codecs_that_decode_escapes_to_any_code_point_are_refused(
+        audience: Audience, encoding: str, body: bytes) -> None:
+    """They turn plain bytes into lone surrogates, which no database stores: one such row
+    made every later read of the contacts fail."""
+    assert "\ud800" in body.decode(encoding)
+    with pytest.raises(InputError) as e:
+        run(audience, body, encoding=encoding)
+    assert e.value.field == "encoding" and "UTF-8" in e.value.problem
+    with pytest.raises(NotFound):
+        audience.contact("u1")
+
+
+def test_an_undecodable_byte_in_the_id_is_reported_as_text(audience: Audience) -> None:
+    """The row is rejected naming the byte; the id in the report shows it as U+FFFD, so the
+    report (a JSON answer, an errors CSV) can be written."""
+    s, issues = run(audience, b"external_id,email\nx\x80,a@example.com\nok,b@example.com\n")
+    assert (s.created, s.rejected) == (1, 1)
+    [issue] = issues
+    assert issue.external_id == "x\ufffd" and "0x80" in issue.problem
+    json.dumps(issue.external_id, ensure_ascii=False).encode("utf-8")  # no surrogate left
+
+
+def test_a_nul_in_the_encoding_name_is_an_unknown_encoding(audience: Audience) -> None:
+    with pytest.raises(InputError) as e:
+        run(audience, "external_id\na\n", encoding="utf-8\x00")
+    assert e.value.field == "encoding" and "unknown encoding" in e.value.problem
 
 
 def test_region_completes_national_phone_numbers(audience: Audience) -> None:
