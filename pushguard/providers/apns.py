@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,7 +28,11 @@ from urllib.parse import quote
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from pushguard import taxonomy
 from pushguard.addresses import check_header_value
@@ -240,6 +245,11 @@ def load_signing_key(value: object, *, location: str) -> ec.EllipticCurvePrivate
     return key
 
 
+#: :meth:`ProviderToken.shared`'s tokens, by (team id, key id, public key)
+_SHARED: dict[tuple[str, str, bytes], ProviderToken] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class ProviderToken:
     """The ES256 provider token, signed once and reused for :data:`TOKEN_LIFETIME` seconds."""
 
@@ -251,6 +261,19 @@ class ProviderToken:
         self._renewed_early: float | None = None
         #: tokens signed so far
         self.issued = 0
+
+    @classmethod
+    def shared(cls, team_id: str, key_id: str, key: ec.EllipticCurvePrivateKey
+               ) -> ProviderToken:
+        """The process's one token for this key. Apple answers ``TooManyProviderTokenUpdates``
+        to tokens renewed more often than every 20 minutes, and every provider built on the
+        key (each pre-flight's live check builds one, beside the workers') would otherwise
+        sign its own."""
+        fingerprint = key.public_key().public_bytes(Encoding.DER,
+                                                    PublicFormat.SubjectPublicKeyInfo)
+        with _SHARED_LOCK:
+            return _SHARED.setdefault((team_id, key_id, fingerprint),
+                                      cls(team_id, key_id, key))
 
     def current(self) -> str:
         """The token to send now, signing a new one when this one is 40 minutes old."""
@@ -328,7 +351,7 @@ class ApnsProvider(Provider):
         opts = config.options
         key = load_signing_key(resolve(opts["private_key"], location=f"{loc}.private_key"),
                                location=f"{loc}.private_key")
-        self.tokens = ProviderToken(opts["team_id"], opts["key_id"], key)
+        self.tokens = ProviderToken.shared(opts["team_id"], opts["key_id"], key)
         self.topic: str = opts["topic"]
         self.environment: str = opts.get("environment", "production")
         self.pool = H2Pool(opts.get("base_url") or HOSTS[self.environment],

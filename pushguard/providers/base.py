@@ -97,8 +97,9 @@ class Provider(ABC):
         """Release connections; called once on shutdown."""
 
     async def check(self) -> bool:
-        """A live check of the connection and credentials, sending nothing: True when it
-        passed, False when this type has none; raises ``DeliveryError`` when it fails."""
+        """A live check of the connection and credentials that delivers nothing to anyone
+        (APNs's is a push to a device token no device has): True when it passed, False when
+        this type has none; raises ``DeliveryError`` when it fails."""
         return False
 
     @abstractmethod

@@ -11,7 +11,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pushguard import taxonomy
 from pushguard.config import ProviderConfig
 from pushguard.exceptions import DeliveryError, InputError
+from pushguard.providers import apns
 from pushguard.providers.apns import (
     MIN_RENEWAL_INTERVAL,
     PROBE_TOKEN,
@@ -49,6 +50,14 @@ CONTENT = {"title": "Hi", "body": "there", "data": {"order": 42}}
 @pytest.fixture(scope="module")
 def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(autouse=True)
+def fresh_tokens() -> Iterator[None]:
+    """Provider tokens are shared per key in a process; each test starts without one."""
+    apns._SHARED.clear()
+    yield
+    apns._SHARED.clear()
 
 
 @pytest.fixture
@@ -274,6 +283,25 @@ async def test_the_live_check_renews_a_provider_token_called_expired(
     server.expire_provider_tokens()
     assert await provider.check() is True
     assert outcomes(server) == ["400", "403", "400"] and provider.tokens.issued == 2
+
+
+async def test_providers_on_one_key_share_one_provider_token(
+    server: ApnsServer, provider: ApnsProvider, ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """A pre-flight's live check builds a provider of its own: it must sign with the token
+    the process already has for the key, not a new one (Apple refuses tokens renewed more
+    often than every 20 minutes)."""
+    await provider.send(delivery())
+    probe = make(server.port, ec_key)
+    other = make(server.port, ec_key, key_id="OTHER12345")
+    try:
+        assert probe.tokens is provider.tokens and other.tokens is not provider.tokens
+        assert await probe.check() is True
+    finally:
+        await probe.close()
+        await other.close()
+    first, second = (r.meta["provider-token"] for r in server.recorder.records("apns"))
+    assert first == second and provider.tokens.issued == 1
 
 
 async def test_a_live_check_with_nobody_listening_fails_to_connect(
