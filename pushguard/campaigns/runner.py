@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from pushguard.campaigns import fanout
 from pushguard.campaigns.service import FAILED, LIVE, Campaigns, hold, spec_of
@@ -37,6 +38,8 @@ JUDGE_EVERY = 5.0
 WINDOW = 300.0
 #: how long one tick may fan one campaign out before it looks at the others
 SLICE = 2.0
+#: a campaign whose step raised on this many ticks in a row is paused
+FAILURES_TO_PAUSE = 3
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Runner:
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: when each campaign's failure rate was last judged
     judged: dict[str, float] = field(default_factory=dict)
+    #: ticks in a row on which each campaign's step raised (not counting database errors)
+    failures: dict[str, int] = field(default_factory=dict)
 
     def tick(self) -> None:
         now = time.time()
@@ -62,22 +67,34 @@ class Runner:
                 self._step_alone(cid)
 
     def _step_alone(self, cid: str) -> None:
-        """:meth:`step`, so that one campaign's failure stops only that campaign: a store
-        error (busy, full, gone) is logged and the next tick tries again; anything else is a
-        problem of this campaign's own (a bug its data found), which would fail on every
-        tick, so the campaign is paused with the error as the reason and the others go on."""
+        """:meth:`step`, so that one campaign's failure stops only that campaign.
+
+        A database error (busy, full, restarted, a pool timeout) is everybody's: it is
+        logged and the next tick tries again. Anything else is this campaign's own (a bug
+        its data found). Once it has failed :data:`FAILURES_TO_PAUSE` ticks in a row, the
+        campaign is paused, with the error's kind and first line as the reason (never the
+        whole text, which may quote data), and the other campaigns go on."""
         try:
             self.step(cid)
-        except StoreError as exc:
-            log.warning("campaign_step_failed", campaign=cid, error=str(exc))
+        except (StoreError, SQLAlchemyError) as exc:
+            log.warning("campaign_step_failed", campaign=cid, error=type(exc).__name__)
+            return
         except Exception as exc:
-            what = f"{type(exc).__name__}: {exc}"[:300]
-            log.exception("campaign_step_crashed", campaign=cid, error=what)
+            failed = self.failures[cid] = self.failures.get(cid, 0) + 1
+            first = (str(exc).splitlines() or [""])[0]
+            what = f"{type(exc).__name__}: {first}"[:200]
+            log.exception("campaign_step_crashed", campaign=cid, error=what, failed=failed)
+            if failed < FAILURES_TO_PAUSE:
+                return
+            self.failures.pop(cid, None)
             try:
                 self.campaigns.pause(cid, actor="runner", reason=(
-                    f"the runner failed on this campaign ({what}); fix it, then resume"))
-            except PushguardError as again:
-                log.error("campaign_pause_failed", campaign=cid, error=str(again))
+                    f"the runner failed on this campaign {failed} times in a row ({what}); "
+                    "fix it, then resume"))
+            except (PushguardError, SQLAlchemyError) as again:
+                log.error("campaign_pause_failed", campaign=cid, error=type(again).__name__)
+            return
+        self.failures.pop(cid, None)
 
     def _lease(self, cid: str, now: float) -> bool:
         with self.campaigns.store._write() as conn:
