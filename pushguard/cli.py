@@ -499,7 +499,8 @@ def _undecodable(args: list[str]) -> int | None:
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:
-            return i
+            if not os.path.exists(arg):  # a file's name may be any bytes; it is only opened
+                return i
     return None
 
 

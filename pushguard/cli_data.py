@@ -111,9 +111,11 @@ def import_contacts(
     try:
         with Progress(*columns, console=err, disable=not err.is_terminal) as bar, \
                 file.open("rb") as f:
-            task = bar.add_task(file.name, total=file.stat().st_size or 1, rows=0)
+            # the name as text: bytes that are not UTF-8 (the OS allows any) shown as U+FFFD
+            name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            task = bar.add_task(name, total=file.stat().st_size or 1, rows=0)
             summary = importer.run(
-                f, file.name, on_issue=sink,
+                f, name, on_issue=sink,
                 progress=lambda rows, done: bar.update(task, completed=done, rows=rows))
     except InputError as exc:
         raise InputError(_OPTIONS.get(exc.field, exc.field), exc.problem) from exc

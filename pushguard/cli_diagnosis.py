@@ -138,12 +138,11 @@ def lessons_add(
                      ] = None,
 ) -> None:
     """Attach a note to a cause, a provider or a template."""
-    import sys
-
-    from pushguard.diagnosis.lessons import Lessons
+    from pushguard import documents
+    from pushguard.diagnosis.lessons import MAX_NOTE_BYTES, Lessons
 
     kind, subject = _subject(cause, provider, template)
-    text = sys.stdin.read() if note == "-" else note
+    text = documents.read_stdin("note", limit=MAX_NOTE_BYTES) if note == "-" else note
     lesson = Lessons(app_for().store).add(kind, subject, text, author=actor or _actor())
     out.print(f"added {lesson.id} on {kind} {subject}", markup=False)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,9 @@ FileOpt = Annotated[Path, typer.Option("--file", "-f", help="the content as JSON
                                        "stdin)", allow_dash=True)]
 DataOpt = Annotated[str | None, typer.Option(help="sample per-message data: JSON, or @file")]
 
+#: what a JSON document read from standard input may weigh
+STDIN_LIMIT = 16 * 1024 * 1024
+
 
 @contextmanager
 def _service() -> Iterator[Templates]:
@@ -49,8 +51,10 @@ def _service() -> Iterator[Templates]:
 
 
 def _json_file(path: Path, option: str) -> Any:
+    if str(path) == "-":
+        return documents.parse(documents.read_stdin(option, limit=STDIN_LIMIT), option)
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(option, f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:

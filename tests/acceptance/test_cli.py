@@ -80,6 +80,23 @@ def test_input_the_store_cannot_hold_is_an_error_not_a_traceback(cli: CLI,
         proc = cli(*args, check=False)  # type: ignore[arg-type]
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
         assert expected in proc.stderr, (args[:2], proc.stderr)
+    # standard input: not UTF-8, closed, or endless
+    run = [sys.executable, "-m", "pushguard", "lessons", "add", "-", "--cause",
+           "NETWORK_TIMEOUT"]
+    for data, expected in ((b"abc\xff\xfe", "standard input is not UTF-8 text"),
+                           (b"x" * 100_000, "standard input is longer than 4,096 bytes")):
+        proc = subprocess.run(run, input=data, env=cli.env, cwd=cli.cwd, capture_output=True,
+                              timeout=60)
+        assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
+        assert expected.encode() in proc.stderr, proc.stderr
+    closed = subprocess.run(" ".join(run) + " <&-", shell=True, env=cli.env, cwd=cli.cwd,
+                            capture_output=True, timeout=60)
+    assert closed.returncode == 1 and b"standard input, which is closed" in closed.stderr
+    # a file's name may be any bytes: one that exists is opened, not refused
+    (tmp_path / "caf\udce9.csv").write_text("external_id,email\nz1,z1@example.com\n")
+    imported = cli("contacts", "import", b"caf\xe9.csv", check=False)  # type: ignore[arg-type]
+    assert imported.returncode == 0, imported.stderr
+    assert "z1" in cli("contacts", "show", "z1").stdout
     for args in (["suppressions", "list", "--limit", str(2**63)],
                  ["template", "show", "t", "--version", str(2**63)],
                  ["segments", "preview", "--filter", "{}", "--sample", str(2**63)]):
