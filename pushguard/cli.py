@@ -289,8 +289,8 @@ def why(
     contact: Annotated[str | None, typer.Option(help="a contact id or external id: why "
                                                      "has it received nothing?")] = None,
     campaign: Annotated[str | None, typer.Option(help="a campaign id or name")] = None,
-    days: Annotated[int, typer.Option(min=1, max=3650,
-                                      help="with --contact: days to look back")] = 7,
+    days: Annotated[int, typer.Option(help="with --contact: days to look back (1 to 365)")
+                    ] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Tell the story of a message, a contact or a campaign in plain words, and what to do."""
