@@ -32,7 +32,7 @@ _LONE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
     rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
     rb"|\xed[\xa0-\xbf]")
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_BRACKET_OR_QUOTE = bytes(b for b in range(256) if b not in b'[]{}"')
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1, +1, -1, -1
 
 
@@ -41,9 +41,14 @@ def _too_deep(raw: bytes, max_depth: int) -> bool:
     strings dropped, the brackets kept as +1 and -1, and the running sum's peak. All of it
     runs in C, in a few passes over the bytes and one over the brackets."""
     # Backslashes occur only inside strings: without the escaped backslashes and quotes,
-    # every quote left opens or closes a string, and every other piece lies outside them.
+    # every quote left opens or closes a string. Of the quotes and brackets alone, two
+    # adjacent quotes go together (a string without brackets, or one's end and the next's
+    # start), so dropping them leaves the others where they were: only strings that hold
+    # brackets (rare) are left to cut out.
     bare = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = b"".join(bare.split(b'"')[::2]).translate(None, _NOT_BRACKET)
+    brackets = bare.translate(None, _NOT_BRACKET_OR_QUOTE).replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = b"".join(brackets.split(b'"')[::2])
     if len(brackets) <= 2 * max_depth:
         return False
     steps = memoryview(brackets.translate(_STEP)).cast("b")

@@ -89,3 +89,27 @@ def test_the_walk_stops_at_its_budget() -> None:
     doc = [0] * 1000 + ["\udfff"]
     assert find_problem(doc, max_values=1000) == ("body", "holds more than 1,000 values")
     assert find_problem(doc, max_values=1001) == ("[1000]", find_problem("\udfff")[1])  # type: ignore[index]
+
+
+def test_bytes_and_value_agree_on_random_documents() -> None:
+    """Strings full of brackets, quotes and backslashes, keys too, at every depth: the bytes'
+    verdict on nesting is the walk's, with a small limit so that both answers occur."""
+    import random
+
+    rng = random.Random(7)
+
+    def doc(depth: int) -> Any:
+        if depth > 9 or rng.random() < 0.3:
+            return rng.choice(["a", "[", "]]", "{x}", '"q"', "\\", '\\"[', 1, None, ""])
+        if rng.random() < 0.5:
+            return [doc(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["k", "[k", "}", '"']) + str(i): doc(depth + 1)
+                for i in range(rng.randint(0, 3))}
+
+    seen = set()
+    for _ in range(3000):
+        value = doc(0)
+        deep = find_problem(value, max_depth=5) is not None
+        assert suspect(json.dumps(value).encode(), max_depth=5) == deep, value
+        seen.add(deep)
+    assert seen == {True, False}
