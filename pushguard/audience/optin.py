@@ -290,16 +290,10 @@ def unsubscribe(app: App, token: str, who: Requester, method: str) -> dict[str, 
 def test_link(app: App, token: str) -> tuple[str, str, str]:
     """(kind, topic label, channel) of a test send's stand-in link; ``BadLink`` if it is
     not one. Nothing is read about, or written for, any contact."""
-    try:
-        links: Links = app.links
-    except ConfigError as exc:
-        raise BadLink() from exc
-    value = links.verify("test", token, TEST_LINK_MAX_AGE)
-    if not (isinstance(value, list) and len(value) == 3
-            and all(isinstance(v, str) and v for v in value)
-            and value[0] in ("unsubscribe", "preferences")):
+    kind, topic, channel = _triple(_signed(app, "test", token, TEST_LINK_MAX_AGE))
+    if kind not in ("unsubscribe", "preferences"):
         raise BadLink()
-    return value[0], _label_of(app, value[1]), value[2]
+    return kind, _label_of(app, topic), channel
 
 
 # -- the preference centre ------------------------------------------------------------------
@@ -392,27 +386,32 @@ def _withdraw(app: App, conn: Connection, cid: str, pairs: list[tuple[str, str]]
             confirmations.c.expires_at > now).values(expires_at=now))
 
 
-def _verify(app: App, purpose: str, token: str, max_age: int) -> str:
+def _signed(app: App, purpose: str, token: str, max_age: int) -> Any:
+    """What a link's token carries; ``BadLink`` for every token we did not sign."""
     try:
         links: Links = app.links
     except ConfigError as exc:  # no key: no link we could have signed
         raise BadLink() from exc
-    value = links.verify(purpose, token, max_age)
+    return links.verify(purpose, token, max_age)
+
+
+def _triple(value: Any) -> tuple[str, str, str]:
+    if not (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, str) and v for v in value)):
+        raise BadLink()
+    return value[0], value[1], value[2]
+
+
+def _verify(app: App, purpose: str, token: str, max_age: int) -> str:
+    value = _signed(app, purpose, token, max_age)
     if not isinstance(value, str) or not value:
         raise BadLink()
     return value
 
 
 def _unsub_payload(app: App, token: str) -> tuple[str, str, str]:
-    try:
-        links = app.links
-    except ConfigError as exc:
-        raise BadLink() from exc
-    value = links.verify("unsubscribe", token, UNSUBSCRIBE_MAX_AGE)
-    if not (isinstance(value, list) and len(value) == 3
-            and all(isinstance(v, str) and v for v in value)):
-        raise BadLink()
-    return current_id(app, value[0]), value[1], value[2]
+    cid, topic, channel = _triple(_signed(app, "unsubscribe", token, UNSUBSCRIBE_MAX_AGE))
+    return current_id(app, cid), topic, channel
 
 
 def current_id(app: App, cid: str) -> str:
