@@ -496,11 +496,9 @@ def _undecodable(args: list[str]) -> int | None:
     """The position of the first argument that is not text: bytes the locale's encoding
     could not decode reach Python as lone surrogates, which no database or file takes."""
     for i, arg in enumerate(args, 1):
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            if not os.path.exists(arg):  # a file's name may be any bytes; it is only opened
-                return i
+        # a file's name may be any bytes: one that exists is only opened
+        if documents.not_text(arg) and not os.path.exists(arg):
+            return i
     return None
 
 
