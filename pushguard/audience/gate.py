@@ -160,8 +160,18 @@ class Gate:
         #: lookups answered from memory vs from the database (for tests and metrics)
         self.hits = 0
         self.misses = 0
+        #: checks begun (the store compares it before and after a failed transaction)
+        self.checks = 0
 
     # -- cache ------------------------------------------------------------------------------
+
+    def forget(self) -> None:
+        """Drop the cache: the store calls it when a transaction rolls back. A check inside
+        that transaction may have read what it wrote, the counter's next value among it, and
+        another process committing that same value later would otherwise look like no
+        change at all."""
+        with self._lock:
+            self._c = _Cache()
 
     def _refresh(self, conn: Connection) -> None:
         n = conn.execute(select(audience_generation.c.n).where(
@@ -250,6 +260,7 @@ class Gate:
         # on PostgreSQL their transactions overlap): a check must not see the cache swapped
         # under it. Checks are short; the database work inside is per batch.
         with self._lock:
+            self.checks += 1
             self._check(conn, items, now, sending=sending, lock=lock)
 
     def _check(

@@ -170,10 +170,11 @@ class SQLStore(Store):
         try:
             with self._writer.begin() as conn:
                 yield conn
-        except IntegrityError:
+        except BaseException as exc:
+            self.gate.forget()  # it may hold what the rolled-back transaction wrote
+            if isinstance(exc, OperationalError):
+                raise StoreError(f"database write failed: {exc.orig}") from exc
             raise
-        except OperationalError as exc:
-            raise StoreError(f"database write failed: {exc.orig}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -348,10 +349,15 @@ class SQLStore(Store):
         What remains is CPU work of a few milliseconds per batch."""
         if self._nowait is None:
             return None
+        checks = self.gate.checks
         try:
             with self._nowait.begin() as conn:  # BEGIN IMMEDIATE: busy -> error at once
                 return self._cycle(conn, owner, outcomes, limit, lease)
-        except OperationalError as exc:
+        except BaseException as exc:
+            if self.gate.checks != checks:  # not when BEGIN found the lock taken: no check ran
+                self.gate.forget()
+            if not isinstance(exc, OperationalError):
+                raise
             if _busy(exc):
                 return None
             raise StoreError(f"database write failed: {exc.orig}") from exc

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pushguard.app import App
+from pushguard.audience.gate import Item, bump
 from pushguard.audience.models import ContactIn, TopicIn
 from pushguard.audience.rules import AudiencePolicy, Cap
 from pushguard.audience.service import ConsentRecord, normalise_contact
@@ -269,6 +270,30 @@ def test_cache_sees_changes_made_by_another_process(store: SQLStore, store_url: 
     assert send(app, "ann@example.com").state is State.QUEUED
     assert store.gate.misses == before and store.gate.hits > 0  # answered from memory
     other = SQLStore(store_url)  # another process: its own engine, its own cache
+    try:
+        other_app = App(settings=Settings(secret_key="k"), store=other, config=app.config)
+        other_app.audience.record_consent([ConsentRecord(
+            cid, "news", "email", "withdrawn", "unsubscribe", time.time())])
+    finally:
+        other.close()
+    assert send(app, "ann@example.com").state is State.SUPPRESSED
+
+
+def test_a_rolled_back_transaction_leaves_no_cache_behind(store: SQLStore,
+                                                         store_url: str) -> None:
+    """A gate check inside a transaction that moved the counter and then rolled back read
+    the counter's uncommitted value. If the cache kept it, another process's next change
+    (committing that same value) would look like nothing new, and a withdrawal be missed."""
+    app = make_app(store)
+    cid = contact(app, "u1", "ann@example.com")
+    consent(app, cid, "granted")
+    assert send(app, "ann@example.com").state is State.QUEUED
+    with pytest.raises(RuntimeError), store._write() as conn:
+        bump(conn)  # as a cycle that suppressed an address would
+        store.gate.check(conn, [Item("m1", "email", "ann@example.com", "news", cid)],
+                         time.time(), sending=False)
+        raise RuntimeError("disk full")  # ...and then the cycle failed
+    other = SQLStore(store_url)
     try:
         other_app = App(settings=Settings(secret_key="k"), store=other, config=app.config)
         other_app.audience.record_consent([ConsentRecord(

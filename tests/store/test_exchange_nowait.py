@@ -203,3 +203,37 @@ async def test_a_worker_delivers_everything_while_another_writer_takes_the_lock(
                                                     if n.startswith("pushguard-db")}
     finally:
         store.close()
+
+
+def test_a_failed_inline_cycle_drops_the_gate_cache_but_a_busy_lock_does_not(
+        db: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cycle that failed after its gate check rolled back what the check may have read (the
+    audience counter's next value among it): the cache goes with it. A cycle that found the
+    lock taken ran no check, and the worker's cache survives its most common fallback."""
+    url, path = db
+    _enqueue(url, 6)
+    store = SQLStore(url, relaxed_commits=True)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        jobs = store.exchange_nowait("w1", [], 2, 60)
+        assert jobs is not None and len(jobs) == 2
+        cached = store.gate._c
+        assert cached.generation is not None
+        other.execute("BEGIN IMMEDIATE")
+        assert store.exchange_nowait("w1", [], 2, 60) is None
+        other.execute("COMMIT")
+        assert store.gate._c is cached
+        check = store.gate._check
+
+        def check_then_fail(*args: object, **kw: object) -> None:
+            check(*args, **kw)  # type: ignore[arg-type]
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(store.gate, "_check", check_then_fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            store.exchange_nowait("w1", [], 2, 60)
+        assert store.gate._c is not cached and store.gate._c.generation is None
+        assert _states(store) == {"sending": 2, "queued": 4}  # the failed claim rolled back
+    finally:
+        other.close()
+        store.close()
