@@ -10,6 +10,7 @@ breaking the links already sent. Every failure reads the same to the person hold
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from collections.abc import Mapping
@@ -89,6 +90,7 @@ def link_keys(settings: Settings, database_url: str | None = None) -> list[str]:
     path = Path(url.database + ".secret")
     if not path.exists():
         _publish_key(path)
+    _sweep_candidates(path)
     key = path.read_text().strip()
     if len(key) < 32:  # an empty or truncated file (an old race, a full disk): links forgeable
         raise ConfigError(f"{path} holds no usable key ({len(key)} characters); delete it to "
@@ -124,6 +126,28 @@ def _publish_key(path: Path) -> None:
                     f.write(tmp.read_text())
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sweep_candidates(path: Path) -> None:
+    """Remove the candidate files of processes killed while publishing a key (SIGKILL between
+    writing theirs and unlinking it). A candidate whose process still runs is left alone:
+    it may be publishing right now."""
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 1:].split(".", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or no way to tell: keep the file
+    return True
 
 
 def _sync_dir(folder: Path) -> None:

@@ -5,6 +5,7 @@ used to find the file created but not yet written, or crash on ``O_EXCL``."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,23 @@ def test_configured_keys_win_and_postgres_needs_one(tmp_path: Path) -> None:
     assert not (tmp_path / "p.db.secret").exists()
     with pytest.raises(ConfigError, match="PUSHGUARD_SECRET_KEY"):
         link_keys(Settings(database_url="postgresql://127.0.0.1/test", secret_key=""))
+
+
+def test_a_candidate_left_by_a_killed_process_is_swept(tmp_path: Path) -> None:
+    """SIGKILL between writing a candidate key and unlinking it left the file for good. The
+    next process removes it, unless the process that wrote it still runs."""
+    ctx = mp.get_context("spawn")
+    gone = ctx.Process(target=int)
+    gone.start()
+    gone.join(timeout=30)
+    assert gone.pid is not None
+    dead = tmp_path / f"p.db.secret.{gone.pid}.0badc0de.tmp"
+    live = tmp_path / f"p.db.secret.{os.getpid()}.0badc0de.tmp"
+    other = tmp_path / "q.db.secret.1.0badc0de.tmp"  # another database's
+    for f in (dead, live, other):
+        f.write_text("candidate")
+    first = link_keys(_settings(tmp_path / "p.db"))
+    assert not dead.exists() and live.exists() and other.exists()
+    dead.write_text("candidate")  # also once the key exists
+    assert link_keys(_settings(tmp_path / "p.db")) == first
+    assert not dead.exists()
