@@ -103,6 +103,9 @@ class Item:
     #: (a campaign's page of recipients): the gate then reads neither the contact nor the
     #: address's other holders again. Never cached: the next check reads afresh.
     rule: ContactRule | None = None
+    #: when it would be sent, if not at the check's ``now`` (a pre-flight under a
+    #: ``local_time`` schedule judges each recipient at their own send time, in one check)
+    at: float | None = None
     #: filled in by the gate
     marketing: bool = False
     stop: Stop | None = None
@@ -302,7 +305,7 @@ class Gate:
         for it in live:
             self._stop_by_consent(it)
             if it.stop is None:
-                self._stop_by_quiet_hours(it, rules, now)
+                self._stop_by_quiet_hours(it, rules, now if it.at is None else it.at)
         self._caps(conn, [it for it in live if it.stop is None], rules, now,
                    sending=sending, lock=lock)
 
@@ -395,11 +398,13 @@ class Gate:
         sent: dict[str, list[tuple[str, float, str]]] = defaultdict(list)
         if lock:  # serialise concurrent workers on the same contacts (PostgreSQL)
             _rows(conn, _LOCK_CONTACTS, ids)
-        for cid, topic, at, mid in _rows(conn, _SENDS, ids, after=(now - longest,)):
+        earliest = min(now if it.at is None else it.at for it in capped)
+        for cid, topic, at, mid in _rows(conn, _SENDS, ids, after=(earliest - longest,)):
             sent[cid].append((topic, at, mid))
         rows: list[tuple[str, str, float, str]] = []
         for it in capped:
             cid, topic = it.contact_id or "", it.topic or ""
+            when = now if it.at is None else it.at
             history = sent[cid]
             group = it.group or it.id
             if any(mid == group for _, _, mid in history):
@@ -407,15 +412,15 @@ class Gate:
             marketing_times = [at for t, at, _ in history if rules.get(t, _NOT).marketing]
             cap = rules[topic].cap
             if cap is not None and cap.exceeded([at for t, at, _ in history if t == topic],
-                                                now):
+                                                when):
                 it.stop = Stop(State.SUPPRESSED, "POLICY_SUPPRESSED", "frequency_cap",
                                f"frequency cap for {topic}: {cap.text}")
-            elif overall is not None and overall.exceeded(marketing_times, now):
+            elif overall is not None and overall.exceeded(marketing_times, when):
                 it.stop = Stop(State.SUPPRESSED, "POLICY_SUPPRESSED", "frequency_cap",
                                f"frequency cap for marketing: {overall.text}")
             elif sending:
-                history.append((topic, now, group))
-                rows.append((cid, topic, now, group))
+                history.append((topic, when, group))
+                rows.append((cid, topic, when, group))
         if rows:
             conn.exec_driver_sql(_param(conn, _INSERT_SEND), rows)
 

@@ -124,16 +124,14 @@ def plan(store: SQLStore, conn: Connection, spec: CampaignIn, rows: Sequence[Any
     if not gate:
         return out
     # The contact and its active address were just read: the gate need not read them again.
+    # Under a local_time schedule, each recipient is judged at their own send time.
     local = spec.schedule is not None and spec.schedule.local_time is not None
-    by_due: dict[float, list[Item]] = defaultdict(list)
-    for t, r in zip(out, rows, strict=True):
-        if t.channel is not None and t.address is not None:
-            by_due[due_at(spec, r, now, default_tz) if local else now].append(
-                Item(t.id, t.channel, t.address, spec.topic, t.id, rule=t.rule))
-    stops: dict[str, Stop | None] = {}
-    for due, items in by_due.items():  # one check per time zone's send time
-        store.gate.check(conn, items, due, sending=False)
-        stops.update((it.id, it.stop) for it in items)
+    items = [Item(t.id, t.channel, t.address, spec.topic, t.id, rule=t.rule,
+                  at=due_at(spec, r, now, default_tz) if local else None)
+             for t, r in zip(out, rows, strict=True)
+             if t.channel is not None and t.address is not None]
+    store.gate.check(conn, items, now, sending=False)
+    stops: dict[str, Stop | None] = {it.id: it.stop for it in items}
     for t in out:
         t.stop = stops.get(t.id)
     return out
