@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.diagnosis import actions
 from pushguard.diagnosis.alerts import AlertBook, rule_json
 from pushguard.diagnosis.holds import Holds, parse_duration
@@ -70,7 +71,7 @@ def open_counts(store: SQLStore) -> tuple[dict[tuple[str, str], int], int]:
 
 
 def alerts_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
     assert isinstance(app.store, SQLStore)
     store: SQLStore = app.store
     app.metrics.watch_alerts(lambda: open_counts(store))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pushguard.api import errors
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.audience.models import (
     AddressStatusIn,
     ConsentIn,
@@ -53,7 +54,7 @@ def parse_contact(app: App, raw: Any, prefix: str = "") -> Any:
 
 
 def audience_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
     aud = app.audience
 
     # -- topics -----------------------------------------------------------------------------

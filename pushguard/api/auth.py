@@ -5,18 +5,24 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pushguard.exceptions import AuthError, RateLimited
 
 _DUMMY_HASH = hashlib.sha256(b"no key given").hexdigest()
 
+#: declares the scheme in the OpenAPI document; we answer a missing key ourselves (our 401)
+bearer = HTTPBearer(auto_error=False, scheme_name="apiKey",
+                    description="An API key (`pgk_...`) from `pushguard keys create`.")
 
-def authorize(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+
+def authorize(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
     """The id of the API key in ``Authorization: Bearer <key>``, or 401."""
-    token = ""
-    if authorization and authorization[:7].lower() == "bearer ":
-        token = authorization[7:].strip()
+    token = credentials.credentials.strip() if credentials is not None else ""
     # The same work whether the key is missing, malformed or wrong: hash it and look it up.
     # Looking up by SHA-256 means no secret-dependent comparison happens in Python at all.
     digest = hashlib.sha256(token.encode()).hexdigest() if token else _DUMMY_HASH

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.campaigns import rehearsal
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.preflight import Preflight
@@ -64,7 +65,7 @@ class TestIn(BaseModel):
 
 
 def campaigns_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
 
     def actor(key_id: str) -> str:
         return f"key:{key_id}"

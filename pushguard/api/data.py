@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from pushguard.api import errors
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.audience.doctor import Doctor
 from pushguard.audience.importer import ContactImport, ImportOptions
 from pushguard.audience.repair import apply_fixes
@@ -45,7 +46,7 @@ def _media(content_type: str) -> tuple[str, dict[str, str]]:
 
 
 def data_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
 
     @router.post("/v1/contacts/import", tags=["audience"],
                  responses={415: {"description": "not text/csv"}, 411: {}, 422: {}})

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.diagnosis.campaign_story import campaign_story
 from pushguard.diagnosis.compare import compare_report, side
 from pushguard.diagnosis.failures import failures_report, filters_for, parse_by
@@ -54,7 +55,7 @@ def subject_of(body: LessonIn | dict[str, str | None]) -> tuple[str, str]:
 
 
 def diagnosis_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
     if not isinstance(app.store, SQLStore):  # pragma: no cover - every deployment is SQL
         raise PushguardError("diagnosis needs the SQL store")
     store: SQLStore = app.store

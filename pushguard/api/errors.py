@@ -11,7 +11,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +42,68 @@ STATUS: list[tuple[type[PushguardError], int, str]] = [
     (StoreError, 503, "store_unavailable"),
     (PushguardError, 500, "internal_error"),
 ]
+
+
+class ErrorField(BaseModel):
+    field: str = Field(description="the field's path, e.g. `messages[1].to`")
+    problem: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. a blocked campaign's `findings`
+
+    type: str = Field(description="`validation_error`, `unauthorized`, `not_found`, ...")
+    message: str
+    fields: list[ErrorField] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the API answers (for the OpenAPI document)."""
+
+    error: ErrorDetail
+
+
+def answer(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: The errors any route behind an API key may answer, declared on its router.
+AUTHED: dict[int | str, dict[str, Any]] = {
+    401: answer("missing or invalid API key"),
+    422: answer("a field is invalid; `fields` names each one and its problem"),
+    429: answer("this key's rate limit; wait `Retry-After` seconds"),
+    503: answer("the database is unavailable and nothing was accepted; retry"),
+}
+#: ... and those a route taking a JSON body may answer too
+BODY: dict[int | str, dict[str, Any]] = {
+    400: answer("the body is not valid JSON"),
+    413: answer("the body is over the size limit"),
+    415: answer("the body was not sent as application/json"),
+}
+
+
+def document_errors(api: FastAPI) -> None:
+    """Make the OpenAPI document say what the API answers: FastAPI declares its own
+    validation error body on every route with parameters, which our handler never sends."""
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(title=api.title, version=api.version,
+                                 description=api.description, routes=api.routes)
+            known = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                known.pop(name, None)
+            assert "ErrorBody" in known  # declared by AUTHED, on every /v1 router
+            ref = {"$ref": "#/components/schemas/ErrorBody"}
+            for item in schema.get("paths", {}).values():
+                for op in item.values():
+                    answer = op.get("responses", {}).get("422")
+                    if answer is not None:
+                        answer["content"] = {"application/json": {"schema": ref}}
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
 def error_body(

@@ -26,6 +26,7 @@ from starlette.formparsers import MultiPartException
 
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED, answer
 from pushguard.audience import optin
 from pushguard.audience.links import BadLink
 from pushguard.audience.models import SubscribeIn
@@ -233,7 +234,7 @@ def public_router(app: App) -> APIRouter:
     @router.post("/v1/contacts/{ref}/subscriptions", status_code=201, tags=["audience"],
                  responses={202: {"description": "a confirmation was sent; consent is pending "
                                                  "until it is confirmed"},
-                            401: {}, 404: {}, 422: {}})
+                            404: answer("no such contact"), **AUTHED})
     def subscribe(ref: str, body: SubscribeIn, key_id: Auth,
                   response: Response) -> dict[str, Any]:
         """Subscribe a contact to a topic on a channel: granted at once (201), or, for a topic

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from pushguard import documents, taxonomy
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.exceptions import AuthError, InputError, NotFound
 from pushguard.providers.base import ProviderContext
 from pushguard.providers.http import HttpProvider
@@ -98,7 +99,7 @@ def receipts_router(app: App) -> APIRouter:
             raise NotFound(f"no message {message_id!r} sent as {receipt.provider_message_id!r}")
         return Response(status_code=204)
 
-    @router.post("/v1/receipts/dsn", responses={401: {}, 422: {}})
+    @router.post("/v1/receipts/dsn", responses=AUTHED)
     async def dsn(request: Request, _: Auth) -> dict[str, Any]:
         """An email bounce report (RFC 3464 DSN), as raw bytes, from your bounce mailbox.
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Response
 
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.diagnosis.postmortem import campaign_postmortem, incident_postmortem
 from pushguard.diagnosis.report_html import as_html
 from pushguard.diagnosis.report_md import as_markdown
@@ -46,7 +47,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def reports_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
 
     def report(make: Callable[[App, str], dict[str, Any]], ref: str,
                fmt: Format) -> Response | dict[str, Any]:

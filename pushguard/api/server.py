@@ -11,7 +11,7 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -153,6 +153,7 @@ def create_api(app: App) -> FastAPI:
     api.include_router(diagnosis_router(app))
     api.include_router(reports_router(app))
     store = app.store
+    v1 = APIRouter(route_class=CheckedRoute, responses=errors.AUTHED)
 
     def accepted_json(result: Accepted) -> dict[str, Any]:
         out: dict[str, Any] = {"id": result.id, "state": result.state.value}
@@ -162,9 +163,9 @@ def create_api(app: App) -> FastAPI:
                 else errors.describe(r)[1] for r in result.fanout]
         return out
 
-    @api.post("/v1/messages", status_code=202, response_model=Accepted202,
+    @v1.post("/v1/messages", status_code=202, response_model=Accepted202,
               response_model_exclude_none=True,
-              responses={422: {"description": "invalid field"}, 401: {}, 413: {}, 400: {}})
+              responses=errors.BODY)
     def send_message(
         item: MessageIn,
         key_id: Auth,
@@ -186,8 +187,8 @@ def create_api(app: App) -> FastAPI:
             app.metrics.accepted.labels(msg.channel).inc()
         return accepted_json(result)
 
-    @api.post("/v1/messages/batch", status_code=202,
-              responses={422: {"description": "invalid batch"}, 401: {}, 413: {}, 400: {}})
+    @v1.post("/v1/messages/batch", status_code=202,
+              responses=errors.BODY)
     def send_batch(
         batch: BatchIn,
         key_id: Auth,
@@ -242,12 +243,12 @@ def create_api(app: App) -> FastAPI:
             raise NotFound(f"no message {message_id!r}")
         return view
 
-    @api.get("/v1/messages/{message_id}")
+    @v1.get("/v1/messages/{message_id}")
     def get_message(message_id: str, _: Auth) -> dict[str, Any]:
         """Everything known about one message: state, attempts, history, failure and fix."""
         return message_json(find(message_id))
 
-    @api.get("/v1/messages")
+    @v1.get("/v1/messages")
     def list_messages(
         _: Auth,
         state: Annotated[State | None, Query()] = None,
@@ -273,7 +274,7 @@ def create_api(app: App) -> FastAPI:
             "next_cursor": encode_cursor(last.created_at, last.id) if last else None,
         }
 
-    @api.get("/v1/suppressions")
+    @v1.get("/v1/suppressions")
     def list_suppressions(
         _: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
@@ -284,7 +285,7 @@ def create_api(app: App) -> FastAPI:
             for s in store.suppressions(limit)
         ]}
 
-    @api.get("/v1/causes")
+    @v1.get("/v1/causes")
     def list_causes(_: Auth) -> dict[str, Any]:
         """The failure taxonomy: every cause, whether it is transient, and its fix."""
         return {"causes": [
@@ -319,5 +320,7 @@ def create_api(app: App) -> FastAPI:
         return PlainTextResponse(app.metrics.render(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    api.include_router(v1)
+    errors.document_errors(api)
     return api
 

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from pushguard.api import errors
 from pushguard.api.auth import Auth
 from pushguard.api.body import CheckedRoute
+from pushguard.api.errors import AUTHED
 from pushguard.templates.errors import LintRefused, TemplateError
 from pushguard.templates.models import LintIn, RenderIn, TemplateIn, VersionIn
 
@@ -35,7 +36,7 @@ def refused(exc: LintRefused) -> JSONResponse:
 
 
 def templates_router(app: App) -> APIRouter:
-    router = APIRouter(route_class=CheckedRoute)
+    router = APIRouter(route_class=CheckedRoute, responses=AUTHED)
     service = app.templates
 
     @router.post("/v1/templates", status_code=201, tags=["templates"],

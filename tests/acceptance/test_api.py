@@ -183,6 +183,45 @@ def test_health_ready_metrics_and_openapi(live_api: LiveAPI) -> None:
 
 
 
+#: the /v1 routes providers call: they check the provider's signature, not an API key
+SIGNED_BY_PROVIDERS = {"/v1/receipts/twilio", "/v1/receipts/ses", "/v1/receipts/http/{provider}",
+                       "/v1/inbound/twilio"}
+
+
+def test_openapi_says_what_errors_and_authentication_look_like(live_api: LiveAPI) -> None:
+    """Clients generated from /openapi.json must learn the real error body (not FastAPI's
+    default one, which this API never sends) and that /v1 needs a bearer key."""
+    import httpx
+
+    from pushguard.api.errors import ErrorBody
+
+    with httpx.Client(base_url=live_api.url) as c:
+        spec = c.get("/openapi.json").json()
+        bad = c.post("/v1/messages", json={"channel": "webhook"},
+                     headers={"Authorization": f"Bearer {live_api.key}"})
+        nokey = c.get("/v1/messages")
+    assert "HTTPValidationError" not in str(spec)
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key (`pgk_...`) from `pushguard keys create`."}
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    for answer in (bad, nokey):  # what the document declares is what comes back
+        assert set(answer.json()) == {"error"}
+        ErrorBody.model_validate(answer.json())
+    assert bad.status_code == 422 and nokey.status_code == 401
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            declared = op["responses"]
+            if "422" in declared:
+                assert declared["422"]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorBody"}, (method, path)
+            keyed = op.get("security") == [{"apiKey": []}]
+            public = path in SIGNED_BY_PROVIDERS or not path.startswith("/v1/")
+            assert keyed != public, (method, path)
+            if keyed:
+                assert {"401", "429", "503"} <= set(declared), (method, path)
+
+
 def test_each_key_is_rate_limited_with_retry_after(live_api: LiveAPI) -> None:
     from pushguard.ratelimit import KeyedLimiter
 
