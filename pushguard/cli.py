@@ -449,6 +449,19 @@ def _actor() -> str:
         return "cli"
 
 
+def checked(cls: Any, raw: dict[str, Any]) -> Any:
+    """``cls.model_validate(raw)``, its first problem an :class:`InputError` naming the field
+    (pydantic and intake are imported here, not with the CLI: most commands need neither)."""
+    from pydantic import ValidationError
+
+    from pushguard.intake import pydantic_problems
+
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise pydantic_problems(exc)[0] from exc
+
+
 def _when(ts: object) -> str:
     if not isinstance(ts, int | float):
         return ""

@@ -11,26 +11,15 @@ import time
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from pushguard import documents
-from pushguard.audience.models import ConsentIn, ContactIn, TopicIn
-from pushguard.audience.service import ConsentRecord, normalise_contact
-from pushguard.cli import _actor, _when, app_for, handles_errors, out
+from pushguard.cli import _actor, _when, app_for, checked, handles_errors, out
 from pushguard.exceptions import InputError
-from pushguard.intake import pydantic_problems
 
 contacts_cli = typer.Typer(no_args_is_help=True, help="Contacts and their addresses.")
 topics_cli = typer.Typer(no_args_is_help=True, help="Topics: marketing or transactional.")
 consent_cli = typer.Typer(no_args_is_help=True, help="The consent ledger.")
-
-
-def _model(cls: Any, raw: dict[str, Any]) -> Any:
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        raise pydantic_problems(exc)[0] from exc
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -46,9 +35,11 @@ def topics_add(
     quiet_hours: Annotated[str | None, typer.Option(help="e.g. 21:00-08:00")] = None,
 ) -> None:
     """Create or change a topic."""
-    t = _model(TopicIn, {"name": name, "kind": kind, "description": description,
-                         "double_opt_in": double_opt_in, "cap": cap,
-                         "quiet_hours": quiet_hours})
+    from pushguard.audience.models import TopicIn
+
+    t = checked(TopicIn, {"name": name, "kind": kind, "description": description,
+                          "double_opt_in": double_opt_in, "cap": cap,
+                          "quiet_hours": quiet_hours})
     got = app_for().audience.put_topic(t, actor=_actor())
     out.print(f"topic {got['name']} ({got['kind']})"
               + (", confirmed opt-in" if got["double_opt_in"] else "")
@@ -79,6 +70,9 @@ def contacts_add(
     attributes: Annotated[str | None, typer.Option(help="a JSON object")] = None,
 ) -> None:
     """Create or update a contact (matched on its external id) and add addresses."""
+    from pushguard.audience.models import ContactIn
+    from pushguard.audience.service import normalise_contact
+
     raw: dict[str, Any] = {"external_id": external_id, "addresses": [
         *({"channel": "email", "address": e} for e in email or []),
         *({"channel": "sms", "address": p} for p in phone or []),
@@ -90,7 +84,7 @@ def contacts_add(
     if attributes is not None:
         raw["attributes"] = documents.parse(attributes, "--attributes")
     app = app_for()
-    c = normalise_contact(_model(ContactIn, raw), app.guard)
+    c = normalise_contact(checked(ContactIn, raw), app.guard)
     (res,) = app.audience.upsert([c], actor=_actor())
     out.print(f"{res.id} {'created' if res.created else 'updated'}")
 
@@ -163,9 +157,12 @@ def contacts_deactivate(
 
 def _consent(ref: str, topic: str, channel: str, status: str, source: str,
              proof: str | None, policy_version: str | None) -> None:
-    body = _model(ConsentIn, {"topic": topic, "channel": channel, "status": status,
-                              "source": source, "proof": proof,
-                              "policy_version": policy_version})
+    from pushguard.audience.models import ConsentIn
+    from pushguard.audience.service import ConsentRecord
+
+    body = checked(ConsentIn, {"topic": topic, "channel": channel, "status": status,
+                               "source": source, "proof": proof,
+                               "policy_version": policy_version})
     app = app_for()
     aud = app.audience
     cid = aud.resolve(ref)

@@ -17,8 +17,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pushguard import documents
-from pushguard.cli import _actor, app_for, fail, handles_errors, out
-from pushguard.cli_templates import _json_file, _model
+from pushguard.cli import _actor, app_for, checked, fail, handles_errors, out
+from pushguard.cli_templates import _json_file
 from pushguard.exceptions import Blocked, InputError
 
 segments_cli = typer.Typer(no_args_is_help=True, help="Segments: saved filters over contacts.")
@@ -50,7 +50,7 @@ def segment_add(name: str,
     """Create a segment, or replace the filter of the one with that name."""
     from pushguard.campaigns.segments import SegmentIn
 
-    body = _model(SegmentIn, {"name": name, "filter": _filter(filter),
+    body = checked(SegmentIn, {"name": name, "filter": _filter(filter),
                               "description": description})
     app = app_for()
     got = app.campaigns.segments.put(body)
@@ -94,7 +94,7 @@ def create(file: Annotated[Path, typer.Option("--file", "-f", allow_dash=True,
     """Create a draft campaign from a JSON definition."""
     from pushguard.campaigns.models import CampaignIn
 
-    body = _model(CampaignIn, _json_file(file, "--file"))
+    body = checked(CampaignIn, _json_file(file, "--file"))
     got = app_for().campaigns.create(body, actor=_actor())
     typer.echo(f"campaign {got['name']} ({got['id']}) created as a draft")
 

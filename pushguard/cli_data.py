@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,17 +26,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from pushguard.audience.csvfile import BATCH
 from pushguard.audience.doctor import KINDS, Doctor
-from pushguard.audience.importer import (
-    BATCH,
-    ContactImport,
-    ImportOptions,
-    ImportSummary,
-    RowIssue,
-)
-from pushguard.audience.repair import apply_fixes, ids_of_kinds
 from pushguard.cli import _actor, app_for, handles_errors, out
 from pushguard.exceptions import InputError
+
+if TYPE_CHECKING:
+    from pushguard.audience.importer import ImportSummary, RowIssue
 
 doctor_cli = typer.Typer(no_args_is_help=True, help="Find and fix problems in the data.")
 _OPTIONS = {"encoding": "--encoding", "region": "--region", "batch": "--batch"}
@@ -94,6 +90,8 @@ def import_contacts(
     Columns: external_id (required), email, phone, timezone, locale, quiet_hours, fcm_token,
     apns_token, attr.<name>, and consent.<topic>.<channel> (granted or withdrawn).
     """
+    from pushguard.audience.importer import ContactImport, ImportOptions
+
     if not file.is_file():
         raise InputError("file", f"{file} does not exist or is not a file")
     app = app_for()
@@ -175,6 +173,8 @@ def doctor_data(
 ) -> None:
     """Find problems in the contact data: duplicates, conflicting addresses, stale tokens,
     soft-bouncing addresses, consent without proof. Fixes are applied only when asked."""
+    from pushguard.audience.repair import apply_fixes, ids_of_kinds
+
     app = app_for()
     doctor = Doctor(app.audience)
     if fix or fix_kind:

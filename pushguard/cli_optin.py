@@ -10,12 +10,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from pushguard.audience import optin
-from pushguard.audience.models import SubscribeIn
-from pushguard.cli import _actor, app_for, handles_errors, out
-from pushguard.intake import pydantic_problems
+from pushguard.cli import _actor, app_for, checked, handles_errors, out
 
 
 @handles_errors
@@ -29,12 +25,12 @@ def subscribe(
     policy_version: Annotated[str | None, typer.Option(help="the wording they agreed to")] = None,
 ) -> None:
     """Subscribe a contact to a topic on a channel (confirmed opt-in when the topic asks)."""
-    try:
-        body = SubscribeIn.model_validate({
-            "topic": topic, "channel": channel, "source": source, "ip": ip,
-            "user_agent": user_agent, "policy_version": policy_version})
-    except ValidationError as exc:
-        raise pydantic_problems(exc)[0] from exc
+    from pushguard.audience import optin
+    from pushguard.audience.models import SubscribeIn
+
+    body = checked(SubscribeIn, {
+        "topic": topic, "channel": channel, "source": source, "ip": ip,
+        "user_agent": user_agent, "policy_version": policy_version})
     got = optin.subscribe(app_for(), ref, body, _actor())
     if got["status"] == "pending":
         # one line, never wrapped: scripts read the ids from it

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from pushguard import documents
-from pushguard.cli import _actor, app_for, fail, handles_errors, out
+from pushguard.cli import _actor, app_for, checked, fail, handles_errors, out
 from pushguard.exceptions import InputError
-from pushguard.intake import pydantic_problems
 
 if TYPE_CHECKING:
     from pushguard.templates.lint import Report
@@ -72,13 +70,6 @@ def _data(raw: str | None) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise InputError("--data", "must be a JSON object")
     return value
-
-
-def _model(cls: Any, raw: dict[str, Any]) -> Any:
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        raise pydantic_problems(exc)[0] from exc
 
 
 def _finding_lines(f: dict[str, Any]) -> list[str]:
@@ -132,7 +123,7 @@ def add(
     """Create a template from a content file; it is linted first."""
     from pushguard.templates.models import TemplateIn
 
-    body = _model(TemplateIn, {"name": name, "kind": kind, "channel": channel, "topic": topic,
+    body = checked(TemplateIn, {"name": name, "kind": kind, "channel": channel, "topic": topic,
                                "layout": layout, "content": _json_file(file, "--file"),
                                "data": _data(data)})
     with _service() as service:
@@ -151,7 +142,7 @@ def version(
     """Add a version (for one locale) from a content file; it is linted first."""
     from pushguard.templates.models import VersionIn
 
-    body = _model(VersionIn, {"locale": locale, "content": _json_file(file, "--file"),
+    body = checked(VersionIn, {"locale": locale, "content": _json_file(file, "--file"),
                               "data": _data(data)})
     with _service() as service:
         _save(lambda: service.add_version(name, body, actor=_actor()))

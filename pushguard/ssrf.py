@@ -7,10 +7,10 @@ a server-side request forgery (SSRF) risk (GUARANTEES.md §4.2). The guard check
   uses for the request), turns any IP literal into the address it denotes, including legacy
   forms such as ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``127.1``, and resolves
   host names. It refuses the URL if any address is internal.
-* **at send time**, :class:`GuardedResolver` sits inside aiohttp's connector and drops every
-  internal address from each DNS answer. aiohttp connects only to addresses its resolver
-  returned, so the connection is pinned to addresses that were checked at that moment. A DNS
-  rebinding between intake and send gains nothing.
+* **at send time**, :class:`~pushguard.providers.resolver.GuardedResolver` sits inside
+  aiohttp's connector and drops every internal address from each DNS answer. aiohttp
+  connects only to addresses its resolver returned, so the connection is pinned to addresses
+  that were checked at that moment. A DNS rebinding between intake and send gains nothing.
 
 aiohttp does not call its resolver for hosts that are IP literals, so a provider must call
 :meth:`OutboundGuard.check_connect_target` before each request. Redirects must stay disabled
@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from pushguard.exceptions import ConfigError, HeaderInjection, UnsafeURL
@@ -42,7 +40,6 @@ from pushguard.exceptions import ConfigError, HeaderInjection, UnsafeURL
 __all__ = [
     "ALLOWED_SCHEMES",
     "ALLOW_ENV",
-    "GuardedResolver",
     "IPAddress",
     "MAX_URL_LENGTH",
     "OutboundGuard",
@@ -267,7 +264,7 @@ def _literal_problem(host: str, ip: IPAddress, reason: str) -> str:
     return _refused(f"URL host {host!r} is {ip},", reason)
 
 
-def _resolved_problem(host: str, ip: IPAddress, reason: str) -> str:
+def resolved_problem(host: str, ip: IPAddress, reason: str) -> str:
     return (
         f"URL host {host!r} resolves to {_article(reason)} {reason} ({ip}); outbound requests "
         f"to internal addresses are refused (allow it with {ALLOW_ENV})"
@@ -448,7 +445,7 @@ class OutboundGuard:
         for ip in addresses:
             reason = self.refusal_reason(ip)
             if reason is not None:
-                raise UnsafeURL(field, _resolved_problem(host, ip, reason))
+                raise UnsafeURL(field, resolved_problem(host, ip, reason))
 
     # -- DNS cache -------------------------------------------------------------------------
 
@@ -618,56 +615,3 @@ class OutboundGuard:
             check_url_text(target, field)
             host = target
         self.check_host(host, field=field, resolve=False)
-
-
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that returns only addresses the guard permits.
-
-    Pass it to ``aiohttp.TCPConnector(resolver=...)``. Each lookup goes to ``inner`` (aiohttp's
-    default resolver unless given) and internal addresses are dropped from the answer; if
-    none is left it raises :class:`OutboundRefused`. Hosts in the allow-list are passed through
-    unfiltered. The connector does not close a resolver it was given: close the session's
-    connector *and* this resolver (which closes ``inner``).
-
-    IP-literal hosts never reach a resolver; see :meth:`OutboundGuard.check_connect_target`.
-    """
-
-    def __init__(self, guard: OutboundGuard, inner: AbstractResolver | None = None) -> None:
-        self.guard = guard
-        # DefaultResolver needs a running loop, which __init__ may not have; create it lazily.
-        self._inner = inner
-
-    @property
-    def inner(self) -> AbstractResolver:
-        """The wrapped resolver."""
-        if self._inner is None:
-            self._inner = DefaultResolver()
-        return self._inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve ``host`` and keep only the addresses the guard permits."""
-        answers = await self.inner.resolve(host, port, family)
-        if self.guard.is_allowed(host):
-            return answers
-        kept: list[ResolveResult] = []
-        problem = f"host {host!r} resolved to no usable address"
-        for answer in answers:
-            try:
-                ip = ipaddress.ip_address(answer["host"])
-            except ValueError:
-                continue
-            reason = self.guard.refusal_reason(ip)
-            if reason is None:
-                kept.append(answer)
-            else:
-                problem = _resolved_problem(host, ip, reason)
-        if not kept:
-            raise OutboundRefused(host, problem)
-        return kept
-
-    async def close(self) -> None:
-        """Close the wrapped resolver."""
-        if self._inner is not None:
-            await self._inner.close()

@@ -22,6 +22,9 @@ from typing import BinaryIO
 
 from pushguard.exceptions import InputError
 
+#: rows an import writes per transaction, by default
+BATCH = 2000
+
 MARK = "pushguard.mark"
 #: codecs whose escapes decode to any code point, lone surrogates included
 _ESCAPES = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna"})

@@ -28,12 +28,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, distinct, func, select
 
 from pushguard import taxonomy
-from pushguard.audience.service import Audience
 from pushguard.store.schema import (
     consent,
     consent_ledger,
@@ -43,6 +42,9 @@ from pushguard.store.schema import (
     suppressions,
     topics,
 )
+
+if TYPE_CHECKING:
+    from pushguard.audience.service import Audience
 
 KINDS = ("duplicate_contacts", "conflicting_address", "stale_token", "soft_bouncing",
          "consent_without_proof")

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, insert, select, text, update
 
 from pushguard.addresses import normalize_address
-from pushguard.audience.csvfile import CSVFile, Record, bad_bytes, shown
+from pushguard.audience.csvfile import BATCH, CSVFile, Record, bad_bytes, shown
 from pushguard.audience.gate import CONSENT_CHANNELS, bump
 from pushguard.audience.models import ContactIn
 from pushguard.audience.service import Audience, NormalContact
@@ -41,7 +41,6 @@ from pushguard.intake import pydantic_problems
 from pushguard.store.schema import consent, consent_ledger, contact_addresses, contacts
 from pushguard.store.sql import audit
 
-BATCH = 2000
 #: row issues kept in the summary (all of them go to ``on_issue``)
 KEEP = 1000
 _IN = 500

@@ -17,7 +17,8 @@ from multidict import CIMultiDictProxy
 
 from pushguard import taxonomy
 from pushguard.exceptions import DeliveryError, InputError
-from pushguard.ssrf import GuardedResolver, OutboundGuard, find_refusal
+from pushguard.providers.resolver import GuardedResolver
+from pushguard.ssrf import OutboundGuard, find_refusal
 
 if TYPE_CHECKING:
     from pushguard.config import ProviderConfig

@@ -3,8 +3,8 @@
 Every URL is a request to somewhere a template author chose, so each one goes through the
 outbound guard (GUARANTEES.md §4.2): the URL is checked (scheme, credentials, host, resolved
 addresses) before the request, the connection resolves through
-:class:`~pushguard.ssrf.GuardedResolver` so it is pinned to checked addresses, and redirects
-are never followed by aiohttp: each ``Location`` is checked the same way before it is
+:class:`~pushguard.providers.resolver.GuardedResolver` so it is pinned to checked addresses,
+and redirects are never followed by aiohttp: each ``Location`` is checked the same way before it is
 requested, at most ``max_redirects`` times, and a URL seen twice is a loop.
 
 Checks run concurrently (``concurrency`` at once, ``per_host`` per host), each URL once per
@@ -28,7 +28,8 @@ import aiohttp
 from yarl import URL
 
 from pushguard.exceptions import InputError
-from pushguard.ssrf import GuardedResolver, OutboundGuard, find_refusal
+from pushguard.providers.resolver import GuardedResolver
+from pushguard.ssrf import OutboundGuard, find_refusal
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_LINKS = 200

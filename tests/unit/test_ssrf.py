@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from pushguard.exceptions import ConfigError, HeaderInjection, UnsafeURL
+from pushguard.providers.resolver import GuardedResolver
 from pushguard.ssrf import (
     ALLOW_ENV,
     MAX_URL_LENGTH,
-    GuardedResolver,
     OutboundGuard,
     OutboundRefused,
     find_refusal,
