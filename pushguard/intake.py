@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -112,8 +113,10 @@ def problem_text(err: Mapping[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "is required"
-    if kind == "literal_error":
-        return f"must be one of: {', '.join(PRIORITIES)}"
+    if kind == "literal_error":  # pydantic's "'form', 'api' or 'admin'": the field's own
+        expected = str((err.get("ctx") or {}).get("expected", ""))
+        choices = re.findall(r"'([^']*)'", expected) or re.split(r", | or ", expected)
+        return f"must be one of: {', '.join(c for c in choices if c)}"
     if kind == "timezone_aware":
         return "must be an RFC 3339 time with a timezone, e.g. 2026-01-31T09:00:00Z"
     if kind in ("dict_type", "model_attributes_type", "model_type"):

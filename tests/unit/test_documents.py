@@ -113,3 +113,23 @@ def test_bytes_and_value_agree_on_random_documents() -> None:
         assert suspect(json.dumps(value).encode(), max_depth=5) == deep, value
         seen.add(deep)
     assert seen == {True, False}
+
+
+def test_a_choice_names_the_fields_own_choices() -> None:
+    """Every refused choice said "must be one of: high, normal, bulk", the priorities,
+    whatever the field: a consent source, a topic kind."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ValidationError
+
+    from pushguard.intake import pydantic_problems
+
+    class Body(BaseModel):
+        source: Literal["form", "api", "import", "admin"]
+        n: Literal[1, 2]
+
+    with pytest.raises(ValidationError) as info:
+        Body.model_validate({"source": "bogus", "n": 3})
+    assert [(p.field, p.problem) for p in pydantic_problems(info.value)] == [
+        ("source", "must be one of: form, api, import, admin"),
+        ("n", "must be one of: 1, 2")]
