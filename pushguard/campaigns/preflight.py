@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 
+from pushguard import taxonomy
 from pushguard.audience.gate import RULE_FIX
 from pushguard.campaigns.models import CampaignIn
 from pushguard.campaigns.service import spec_of, templates_mark
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 #: a provider failing more than this share of its calls in the last day is worth a warning
 PROVIDER_WARN_RATE = 0.10
+_PROVIDER_FAILURES = frozenset(c.name for c in taxonomy.CAUSES.values() if c.trips_breaker)
 
 #: what the gate and the targets stop, by finding code (survey.GATE_CODES names the gate's):
 #: (severity, problem, fix)
@@ -222,26 +224,31 @@ class Preflight:
                 attempts.c.at)).where(attempts.c.at >= since, attempts.c.provider.in_(
                     list(names)), attempts.c.cause == "AUTH_CREDENTIALS")
                 .group_by(attempts.c.provider)).all()
-            calls = conn.execute(select(attempts.c.provider, attempts.c.outcome, func.count())
+            calls = conn.execute(select(attempts.c.provider, attempts.c.cause, func.count())
                                  .where(attempts.c.at >= since,
                                         attempts.c.provider.in_(list(names)))
-                                 .group_by(attempts.c.provider, attempts.c.outcome)).all()
+                                 .group_by(attempts.c.provider, attempts.c.cause)).all()
         for name, n, last in auth:
             out.append(finding(
                 "provider_credentials", "block", int(n), f"provider {name} refused pushguard's "
                 f"credentials {n} time(s) in the last 24 h (last at {rfc3339(last)})",
                 "Renew the credentials (API key, token, certificate) and check them with a "
                 "test send before sending the campaign.", provider=name))
+        # Only the provider's own failures (outages, timeouts, rate limits: what opens its
+        # circuit) say it is failing; bad addresses and refused content say nothing about it.
         by: dict[str, Counter[str]] = defaultdict(Counter)
-        for name, outcome, n in calls:
-            by[name][outcome] += int(n)
+        for name, cause, n in calls:
+            by[name][cause or ""] += int(n)
         for name, c in by.items():
             made = sum(c.values())
-            bad = made - c["delivered"]
+            own = {k: n for k, n in c.items() if k in _PROVIDER_FAILURES}
+            bad = sum(own.values())
             if made >= 20 and bad / made > PROVIDER_WARN_RATE:
+                causes = ", ".join(f"{k} {n}" for k, n in sorted(own.items(), key=lambda kv:
+                                                                  -kv[1]))
                 out.append(finding(
                     "provider_failing", "warn", bad, f"provider {name} failed {bad} of its "
-                    f"{made} calls in the last 24 h ({bad / made:.0%})",
+                    f"{made} calls in the last 24 h ({bad / made:.0%}: {causes})",
                     "Look at why (pushguard failures --by cause --provider NAME); the failover "
                     "order or a retry through another provider may be safer.", provider=name))
         return out

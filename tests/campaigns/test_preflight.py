@@ -169,3 +169,34 @@ def test_the_live_check_logs_in_to_each_provider_and_blocks_on_a_dead_one(w: Wor
     assert found[0]["fix"]
     skipped = Preflight(w.app.campaigns).run(c["id"], links=False)
     assert "provider_live_check" not in {f["code"] for f in skipped["findings"]}
+
+
+def test_provider_failing_counts_the_providers_own_failures_not_bad_addresses(w: World) -> None:
+    """A relay that refused 30 bad addresses is healthy; one whose calls timed out or met an
+    outage is not. Both failed the same share of their calls."""
+    import time
+
+    from pushguard.store.schema import attempts
+
+    w.template("newsletter", html(w.links.url, "/ok"))
+    c = w.campaign()
+    now = time.time()
+
+    def calls(provider: str, cause: str | None, n: int) -> None:
+        with w.app.store._write() as conn:
+            conn.execute(attempts.insert(), [
+                {"message_id": f"msg_{provider}_{cause}_{i}", "number": 1, "at": now - 60,
+                 "provider": provider, "outcome": "delivered" if cause is None else "failed",
+                 "cause": cause} for i in range(n)])
+
+    calls("primary", "INVALID_RECIPIENT", 30)
+    calls("primary", None, 10)
+    report = Preflight(w.app.campaigns).run(c["id"], links=False)
+    assert "provider_failing" not in {f["code"] for f in report["findings"]}
+    calls("primary", "PROVIDER_OUTAGE", 12)
+    calls("primary", "NETWORK_TIMEOUT", 3)
+    report = Preflight(w.app.campaigns).run(c["id"], links=False)
+    (found,) = [f for f in report["findings"] if f["code"] == "provider_failing"]
+    assert found["count"] == 15 and found["provider"] == "primary"
+    assert "failed 15 of its 55 calls" in found["problem"]
+    assert "PROVIDER_OUTAGE 12, NETWORK_TIMEOUT 3" in found["problem"]
