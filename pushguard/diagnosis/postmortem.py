@@ -120,13 +120,20 @@ def _impact(conn: Connection, cond: ColumnElement[bool]) -> dict[str, Any]:
         func.count(func.distinct(case((m.state == "delivered", _who()))))).where(cond)).one()
     unreached = conn.execute(select(func.count(func.distinct(_who()))).where(
         cond, m.state.in_(FAILED), _who().not_in(reached))).scalar_one()
+    # not reached because the gate stopped every message to them (consent, suppression,
+    # caps), none of which failed: the recipients the counts above would otherwise lose
+    failed_once = select(_who()).where(cond, m.state.in_(FAILED))
+    withheld = conn.execute(select(func.count(func.distinct(_who()))).where(
+        cond, m.state == "suppressed", _who().not_in(reached),
+        _who().not_in(failed_once))).scalar_one()
     deferred = conn.execute(select(func.count(func.distinct(events.c.message_id))).select_from(
         events.join(messages, events.c.message_id == m.id)).where(
         cond, events.c.dst == "deferred")).scalar_one()
     return {"messages": total, "delivered": delivered, "failed": failed,
             "not_sent": suppressed, "pending": total - delivered - failed - suppressed,
             "deferred": int(deferred), "failure_rate": _rate(failed, delivered + failed),
-            "recipients": int(people), "reached": int(got), "unreached": int(unreached)}
+            "recipients": int(people), "reached": int(got), "unreached": int(unreached),
+            "withheld": int(withheld)}
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -510,6 +517,9 @@ def _verdict(impact: dict[str, Any], n_overridden: int) -> str:
                 "recipients were never reached")
     else:
         text = "not recovered: no recipient was reached"
+    if impact.get("withheld"):
+        text += (f"; {impact['withheld']} recipient(s) not sent to by policy (consent, "
+                 "suppression, caps)")
     if n_overridden:
         text += f"; sent despite {n_overridden} overridden pre-flight finding(s)"
     return text

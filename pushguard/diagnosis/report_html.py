@@ -311,7 +311,8 @@ def as_html(r: dict[str, Any]) -> str:
     impact += [("deferred by the gate (quiet hours)", i["deferred"]),
                ("still pending", i["pending"]),
                ("recipients reached", f"{i['reached']} of {i['recipients']}"),
-               ("recipients never reached", i["unreached"]),
+               ("recipients never reached (their messages failed)", i["unreached"]),
+               ("recipients not sent to by policy", i.get("withheld", 0)),
                (f"unsubscribed since {i['since']}", i["unsubscribed"]),
                (f"complained since {i['since']}", i["complained"]),
                ("cost (delivered x each provider's cost)", money(i["cost"]["total"]))]

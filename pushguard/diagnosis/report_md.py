@@ -94,7 +94,8 @@ def _impact(r: dict[str, Any]) -> list[str]:
     rows += [("deferred by the gate (quiet hours)", str(i["deferred"])),
              ("still pending", str(i["pending"])),
              ("recipients reached", f"{i['reached']} of {i['recipients']}"),
-             ("recipients never reached", str(i["unreached"])),
+             ("recipients never reached (their messages failed)", str(i["unreached"])),
+             ("recipients not sent to by policy", str(i.get("withheld", 0))),
              (f"unsubscribed since {i['since']}", str(i["unsubscribed"])),
              (f"complained since {i['since']}", str(i["complained"])),
              ("cost (delivered x each provider's cost)", money(i["cost"]["total"]))]

@@ -51,7 +51,7 @@ def test_campaign_postmortem_counts_causes_actions_and_the_retry(store: SQLStore
     assert (i["messages"], i["delivered"], i["failed"], i["not_sent"], i["pending"]) == \
         (10, 4, 5, 1, 0)
     assert i["failure_rate"] == round(5 / 9, 6)
-    assert (i["recipients"], i["reached"], i["unreached"]) == (7, 4, 2)
+    assert (i["recipients"], i["reached"], i["unreached"], i["withheld"]) == (7, 4, 2, 1)
     assert (i["planned"], i["skipped"], i["deferred"]) == (6, 1, 0)
     assert (i["unsubscribed"], i["complained"]) == (1, 1)  # not the unsubscribe before it
     assert i["cost"]["total"] == pytest.approx(0.04)
@@ -105,8 +105,9 @@ def test_campaign_postmortem_counts_causes_actions_and_the_retry(store: SQLStore
     assert about["template.link_http_error"]["checks"] == ["template.link_http_error"]
     assert "single provider" in about["channel email"]["fix"]
     assert r["preflight"]["blocking"] == 1 and r["override"]["reason"] == REASON
-    assert r["verdict"] == ("partly recovered: 2 of 7 recipients were never reached; sent "
-                            "despite 1 overridden pre-flight finding(s)")
+    assert r["verdict"] == ("partly recovered: 2 of 7 recipients were never reached; 1 "
+                            "recipient(s) not sent to by policy (consent, suppression, caps); "
+                            "sent despite 1 overridden pre-flight finding(s)")
     assert r["summary"].startswith("Campaign spring (completed) sent 10 messages to 7 "
                                    "recipients")
     assert "PROVIDER_OUTAGE (4 messages via mailer)" in r["summary"]
