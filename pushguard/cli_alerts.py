@@ -198,8 +198,13 @@ def incidents_replay(
     if as_json:
         _print(result)
         return
-    out.print(f"enqueued {len(result['enqueued'])}, already replayed "
-              f"{len(result['already'])}, skipped {len(result['skipped'])}", highlight=False)
+    out.print(f"enqueued {len(result['enqueued'])}, stopped by the pre-send gate "
+              f"{len(result['stopped'])}, already replayed {len(result['already'])}, skipped "
+              f"{len(result['skipped'])}", highlight=False)
+    if result["stopped"]:
+        first = result["stopped"][0]["id"]
+        out.print(f"  the gate stopped {len(result['stopped'])} (suppressed addresses, consent, "
+                  f"caps): pushguard why {first}", highlight=False, markup=False)
     for s in result["skipped"][:20]:
         out.print(f"  skipped {s['message']}: {s['reason']}", highlight=False, markup=False)
 

@@ -17,6 +17,7 @@ from pushguard.exceptions import IdempotencyConflict, InputError, NotFound
 from pushguard.intake import MessageIn
 from pushguard.models import Accepted, NewMessage
 from pushguard.routing import PREFER
+from pushguard.states import State
 from pushguard.store.sql import SQLStore
 
 if TYPE_CHECKING:
@@ -56,25 +57,33 @@ def replay(app: App, book: Incidents, incident_id: str, *, via: str | None = Non
             skipped.append({"message": row.id, "reason": str(exc)})
     results = app.intake.submit([m for _, m in todo], scope=REPLAY_SCOPE) if todo else []
     enqueued: list[dict[str, str]] = []
+    stopped: list[dict[str, str]] = []  # accepted, but the gate stopped them at once
     again: list[dict[str, str]] = []
     for (original, _), res in zip(todo, results, strict=True):
         if isinstance(res, Accepted):
-            (again if res.replayed else enqueued).append({"original": original, "id": res.id,
-                                                          "state": res.state.value})
+            got = {"original": original, "id": res.id, "state": res.state.value}
+            if res.replayed:
+                again.append(got)
+            elif res.state is State.SUPPRESSED:
+                stopped.append(got)
+            else:
+                enqueued.append(got)
         elif isinstance(res, IdempotencyConflict):
             skipped.append({"message": original,
                             "reason": "already replayed in this incident another way"})
     how = f"through provider {via}" if via else f"on channel {channel}"
-    summary = {"via": via, "channel": channel, "enqueued": enqueued, "already": again,
-               "skipped": skipped, "truncated": len(rows) == MAX_REPLAY}
+    summary = {"via": via, "channel": channel, "enqueued": enqueued, "stopped": stopped,
+               "already": again, "skipped": skipped, "truncated": len(rows) == MAX_REPLAY}
     assert isinstance(app.store, SQLStore)
     with app.store._write() as conn:
         book.row(conn, incident_id)
         event(conn, incident_id, "replay",
-              f"replayed {len(enqueued)} messages {how} ({len(again)} already replayed, "
-              f"{len(skipped)} skipped)", actor=actor,
+              f"replayed {len(enqueued)} messages {how} ({len(stopped)} stopped by the "
+              f"pre-send gate, {len(again)} already replayed, {len(skipped)} skipped)",
+              actor=actor,
               detail={"via": via, "channel": channel, "enqueued": len(enqueued),
-                      "already": len(again), "skipped": skipped[:50]})
+                      "stopped": len(stopped), "already": len(again),
+                      "skipped": skipped[:50]})
     return summary
 
 

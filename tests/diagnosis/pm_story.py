@@ -165,9 +165,10 @@ class IncidentStory:
     cid: str
     originals: list[str]
     replays: list[str]
+    stopped: list[dict[str, str]]
 
 
-def incident_story(desk: Desk) -> IncidentStory:
+def incident_story(desk: Desk, *, suppressed_since: int = 0) -> IncidentStory:
     """25 campaign emails through ``mailer``: 20 fail with PROVIDER_OUTAGE. The real alert
     book opens an incident on provider:mailer; the operator fails the provider over, replays
     the 20 (they are delivered) and closes it."""
@@ -186,8 +187,11 @@ def incident_story(desk: Desk) -> IncidentStory:
     (found,) = [i for i in book.recent() if i["scope"] == "provider:mailer"]
     actions.act(desk.app, found["id"], "failover", actor="ops", provider="mailer",
                 duration="10m", reason="mailer is down")
+    for i in range(suppressed_since):  # addresses suppressed between the failure and the replay
+        store.suppress("email", f"r{i}@example.com", "INVALID_RECIPIENT", "a bounce")
     done = replay(desk.app, book, found["id"], via="mailer", actor="ops")
-    assert {r["original"] for r in done["enqueued"]} >= set(ids[:20]), done
+    assert {r["original"] for r in done["enqueued"] + done["stopped"]} >= set(ids[:20]), done
     settle(store, {})
     book.close(found["id"], "mailer recovered; replayed the 20", actor="ops")
-    return IncidentStory(found["id"], cid, ids[:20], [r["id"] for r in done["enqueued"]])
+    return IncidentStory(found["id"], cid, ids[:20], [r["id"] for r in done["enqueued"]],
+                         done["stopped"])

@@ -282,3 +282,19 @@ def test_reports_from_the_cli(both: tuple[Desk, str, str], tmp_path: Path) -> No
     nowhere = cli("report", "campaign", cid, "--out", str(tmp_path / "no" / "such.md"),
                   check=False)
     assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: --out: cannot write")
+
+
+def test_a_replay_counts_what_the_gate_stopped_apart_from_what_it_enqueued(
+        store: SQLStore) -> None:
+    """Two of the 20 addresses were suppressed between the outage and the replay: the replay
+    accepts their copies, the gate stops them at once, and nobody is told 20 were enqueued."""
+    desk = Desk(store)
+    s = incident_story(desk, suppressed_since=2)
+    assert len(s.replays) == 18
+    assert [r["state"] for r in s.stopped] == ["suppressed", "suppressed"]
+    assert {store.get(r["id"]).to for r in s.stopped} == {  # type: ignore[union-attr]
+        "r0@example.com", "r1@example.com"}
+    r = incident_postmortem(desk.app, s.incident)
+    replays = [e["text"] for e in r["timeline"] if e["kind"] == "replay"]
+    assert replays and "replayed 18 messages" in replays[0], r["timeline"]
+    assert "2 stopped by the pre-send gate" in replays[0]
