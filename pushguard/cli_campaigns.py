@@ -224,9 +224,21 @@ def start(ref: str,
                        f"{'':16}fix: {f['fix']}", err=True)
         fail("not started: fix the blocking findings, or --override \"why\" to send anyway")
         return
-    typer.echo(f"campaign {got['name']} is {got['state']}")
+    typer.echo(f"campaign {got['name']} is {got['state']}{_when_sent(got)}")
     if wait:
         _follow(app, got["id"])
+
+
+def _when_sent(got: dict[str, Any]) -> str:
+    """When the messages go, for a start that sends later than now."""
+    schedule = got.get("schedule") or {}
+    if got["state"] == "scheduled":
+        return f": it sends at {got['started_at']}"
+    if schedule.get("local_time"):
+        day = f"on {schedule['date']}" if schedule.get("date") else "the next time it comes"
+        return (f": each recipient gets it at {schedule['local_time']} in their own time "
+                f"zone, {day}")
+    return ""
 
 
 @campaign_cli.command("progress")

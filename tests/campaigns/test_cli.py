@@ -120,3 +120,21 @@ def test_a_campaign_from_the_command_line(env: tuple[World, CLI]) -> None:
     assert "is already cancelled" in cli("campaign", "cancel", "spring", rc=1).stderr
     listed = cli("campaign", "list").stdout
     assert cid in listed and "cancelled" in listed
+
+
+def test_a_scheduled_start_says_when_it_sends(env: tuple[World, CLI]) -> None:
+    """A start with a schedule said "campaign X is sending" and nothing of when."""
+    w, cli = env
+    base = {"topic": "news", "filter": {"attribute": "plan", "value": "pro"},
+            "channels": [{"channel": "email", "template": "newsletter"}]}
+    (w.tmp / "at.json").write_text(json.dumps({**base, "name": "later", "schedule": {
+        "at": "2026-12-31T09:30:00Z"}}))
+    (w.tmp / "local.json").write_text(json.dumps({**base, "name": "local", "schedule": {
+        "local_time": "09:30", "date": "2026-12-31"}}))
+    for name in ("at", "local"):
+        cli("campaign", "create", "-f", f"{name}.json")
+    later = cli("campaign", "start", "later", "--override", "the link goes live first")
+    assert "campaign later is scheduled: it sends at 2026-12-31T09:30:00" in later.stdout
+    local = cli("campaign", "start", "local", "--override", "the link goes live first")
+    assert ("campaign local is sending: each recipient gets it at 09:30 in their own time "
+            "zone, on 2026-12-31") in local.stdout
