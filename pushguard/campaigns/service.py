@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, text, update
 
 from pushguard.campaigns.composer import Composer
 from pushguard.campaigns.models import CampaignIn
@@ -33,7 +33,7 @@ from pushguard.exceptions import Blocked, Conflict, InputError, NotFound
 from pushguard.intake import MAX_SEND_AHEAD as MAX_AHEAD
 from pushguard.intake import pydantic_problems
 from pushguard.models import new_id
-from pushguard.store.schema import campaign_recipients, campaigns, messages
+from pushguard.store.schema import attempts, campaign_recipients, campaigns, messages
 from pushguard.store.sql import HELD_AT, SQLStore, audit
 from pushguard.views import rfc3339
 
@@ -334,7 +334,12 @@ class Campaigns:
                 messages.c.campaign_id == row.id, messages.c.state.in_(FAILED),
                 messages.c.contact_id.not_in(reached))
             if causes:
-                failed = failed.where(messages.c.last_cause.in_(causes))
+                # an expired message carries EXPIRED; the cause that kept it from being
+                # delivered in time (an outage, say) is on its attempts
+                m, a = messages.c, attempts.c
+                failed = failed.where(or_(m.last_cause.in_(causes), and_(
+                    m.state == "expired", exists().where(a.message_id == m.id,
+                                                         a.cause.in_(causes)))))
             r = campaign_recipients
             new_round = row.round + 1
             n = conn.execute(update(r).where(

@@ -273,3 +273,29 @@ min_calls = 1000
         finally:
             app.templates.close()
             app.store.close()
+
+
+def test_a_retry_by_cause_finds_the_messages_that_expired_because_of_it(w: World) -> None:
+    """Messages that waited out an outage end EXPIRED; a retry of the outage's victims
+    (--cause PROVIDER_OUTAGE) must find them by the cause on their attempts."""
+    from pushguard.store.schema import attempts
+
+    ids = w.contacts(3)
+    cid = w.campaign()["id"]
+    c = w.app.campaigns
+    c.start(cid, actor="t")
+    Runner(c).tick()
+    rows = {r.contact_id: r for r in campaign_messages(w.app, cid)}
+    with c.store._write() as conn:
+        for cid_, cause in zip(ids, ["PROVIDER_OUTAGE", "NETWORK_TIMEOUT", None], strict=True):
+            m = rows[cid_].id
+            conn.execute(text("UPDATE messages SET state = 'expired', last_cause = 'EXPIRED' "
+                              "WHERE id = :m"), {"m": m})
+            if cause:
+                conn.execute(attempts.insert().values(
+                    message_id=m, number=1, at=0.0, provider="primary", outcome="failed",
+                    cause=cause))
+    assert Runner(c).finish_if_done(cid)
+    got = c.retry_failed(cid, actor="t", causes=["PROVIDER_OUTAGE"])
+    assert got["retrying"] == 1
+    assert [r.contact_id for r in recipients_of(w.app, cid) if r.state == "pending"] == [ids[0]]
