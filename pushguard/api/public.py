@@ -94,6 +94,13 @@ def public_router(app: App) -> APIRouter:
 
     # -- confirmed opt-in -------------------------------------------------------------------
 
+    def _withdrawn_since(got: dict[str, Any]) -> Response:
+        return message("You are not subscribed",
+                       f"This link confirmed your subscription to {got['label']} by "
+                       f"{WORDS[got['channel']]} before, and it was withdrawn since. The "
+                       "link does not subscribe you again.",
+                       "To subscribe again, sign up again where you first did.")
+
     @router.get("/confirm/{token}", tags=["pages"], response_class=HTMLResponse,
                 responses=PAGE)
     async def confirm_page(token: str) -> Response:
@@ -102,6 +109,8 @@ def public_router(app: App) -> APIRouter:
             got = await run_in_threadpool(optin.confirmation, app, token)
         except BadLink:
             return invalid()
+        if got["confirmed"] and not got["subscribed"]:
+            return _withdrawn_since(got)
         if got["confirmed"]:
             return message("You are subscribed",
                            f"Your subscription to {got['label']} by "
@@ -117,6 +126,8 @@ def public_router(app: App) -> APIRouter:
             got = await run_in_threadpool(optin.confirm, app, token, requester(request))
         except BadLink:
             return invalid()
+        if not got["subscribed"]:
+            return _withdrawn_since(got)
         return message("You are subscribed",
                        f"Thank you: your subscription to {got['label']} by "
                        f"{WORDS[got['channel']]} is confirmed.",

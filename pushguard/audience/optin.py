@@ -219,8 +219,9 @@ def confirmation(app: App, token: str) -> dict[str, Any]:
         row = conn.execute(select(confirmations).where(confirmations.c.id == cnf)).first()
         if row is None or (row.confirmed_at is None and not _confirmable(conn, row)):
             raise BadLink()
+        status = _status(conn, row.contact_id, row.topic, row.channel)
     return {"topic": row.topic, "channel": row.channel, "label": _label_of(app, row.topic),
-            "confirmed": row.confirmed_at is not None}
+            "confirmed": row.confirmed_at is not None, "subscribed": status == "granted"}
 
 
 def confirm(app: App, token: str, who: Requester) -> dict[str, Any]:
@@ -246,8 +247,11 @@ def confirm(app: App, token: str, who: Requester) -> dict[str, Any]:
                 who.ip, who.user_agent, cnf, row.policy_version, PERSON)], conn)
         else:
             claimed = 0
+        # a link used before, and withdrawn since: it changed nothing and must not say
+        # "subscribed"
+        status = _status(conn, row.contact_id, row.topic, row.channel)
     return {"topic": row.topic, "channel": row.channel, "label": _label_of(app, row.topic),
-            "changed": bool(claimed)}
+            "changed": bool(claimed), "subscribed": status == "granted"}
 
 
 def _confirmable(conn: Connection, row: Any, now: float | None = None) -> bool:

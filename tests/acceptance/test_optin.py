@@ -100,6 +100,9 @@ def test_a_second_click_and_a_replay_after_withdrawal_grant_nothing(w: World) ->
     assert r.status_code == 201
     replay = w.anon.post(link)
     assert replay.status_code == 200
+    # the page must not tell the person they are subscribed, on a click or a look
+    for page in (replay, w.anon.get(link)):
+        assert "You are not subscribed" in page.text and "You are subscribed" not in page.text
     assert w.status("alice", "news", "email") == "withdrawn"
     assert [r["status"] for r in w.ledger("alice")] == ["pending", "granted", "withdrawn"]
     assert w.send("alice", "email", "news")["state"] == "suppressed"
