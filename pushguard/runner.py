@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import structlog
 
 from pushguard.app import App, run_worker
+from pushguard.exceptions import PushguardError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -56,12 +58,34 @@ def _server(app: App, host: str, port: int) -> uvicorn.Server:
     return _Server(config)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound here rather than by uvicorn, which answers a port
+    already taken by exiting the process from inside a task (exit 3 and a traceback)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise PushguardError(f"could not listen on {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise PushguardError(f"could not listen on {host}:{port}: {exc.strerror or exc}") \
+            from exc
+    return sock
+
+
 async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> None:
     stop = asyncio.Event()
     server = _server(app, host, port)
+    sock = _listen(host, port)
     _on_signals(stop, server)
-    log.info("api_listening", url=f"http://{host}:{port}", worker=with_worker)
-    tasks: list[asyncio.Task[object]] = [asyncio.create_task(server.serve())]
+    bound = sock.getsockname()[1]
+    log.info("api_listening", url=f"http://{host}:{bound}", worker=with_worker)
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(server.serve(sockets=[sock]))]
     if with_worker:
         tasks.append(asyncio.create_task(run_worker(app, stop)))
 
@@ -75,8 +99,9 @@ async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> 
         await asyncio.gather(*tasks)
     finally:
         watcher.cancel()
+    sock.close()
     if not server.started:
-        raise SystemExit(f"could not listen on {host}:{port}")
+        raise PushguardError(f"the API on {host}:{port} stopped before it started")
 
 
 async def work(app: App, **overrides: float) -> None:

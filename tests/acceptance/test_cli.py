@@ -131,6 +131,23 @@ def test_config_check_reports_every_problem_with_its_location(cli: CLI, tmp_path
     assert "MISSING_SECRET_VAR is not set" in err
 
 
+def test_a_port_already_taken_is_a_one_line_error(cli: CLI) -> None:
+    """uvicorn answered a taken port by exiting 3 from inside a task, with a traceback and
+    "Task was destroyed but it is pending!", after logging that the API was listening."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in ("serve", "api"):
+            got = cli(command, "--port", port, check=False, timeout=30)
+            assert got.returncode == 1, got
+            assert got.stderr.strip().splitlines()[-1] == (
+                f"error: could not listen on 127.0.0.1:{port}: Address already in use")
+            assert "Traceback" not in got.stderr and "api_listening" not in got.stderr
+
+
 def test_serve_delivers_and_explains_end_to_end(cli: CLI, webhook_secret: str) -> None:
     port = free_port()
     with SandboxThread(webhook_secret=webhook_secret) as sb:
