@@ -35,8 +35,9 @@ def explain(view: MessageView, lessons: Sequence[dict[str, Any]] = ()) -> dict[s
             providers_used.append(a.provider)
         if a.outcome == "delivered":
             line = f"attempt {a.number} via {a.provider}: delivered"
-            if a.status is not None:
-                line += f" (HTTP {a.status})"
+            if a.status is not None:  # an SMTP reply starts its detail with its code
+                smtp = view.channel == "email" and (a.detail or "").startswith(str(a.status))
+                line += f" ({'SMTP' if smtp else 'HTTP'} {a.status})"
         elif a.outcome == "lost":
             line = f"attempt {a.number}: {a.detail}; the lease expired and it was re-queued"
         else:
