@@ -158,7 +158,8 @@ def preflight(ref: str, links: Annotated[bool, typer.Option(
 @handles_errors
 def dry_run(ref: str,
             output: Annotated[Path | None, typer.Option("--out", help="write every planned "
-                                                        "message as JSON lines")] = None,
+                                                        "message's route, size and outcome "
+                                                        "as JSON lines")] = None,
             limit: int = 20) -> None:
     """Render and route every message without sending: the plan and its cost."""
     from pushguard.campaigns import rehearsal
