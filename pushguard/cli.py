@@ -163,7 +163,8 @@ def sandbox(
     records: Annotated[str | None, typer.Option(help="append requests to this JSONL")] = None,
     verify: Annotated[bool, typer.Option(help="verify webhook signatures")] = True,
 ) -> None:
-    """Run local fake providers (webhook, FCM, APNs, Twilio, SMS, Web Push, SMTP) with faults."""
+    """Run local fake providers (webhook, FCM, APNs, Twilio, SMS, Web Push, SMTP, Slack,
+    Discord, Telegram, Teams) with faults."""
     from pushguard.sandbox.server import run_forever
 
     s = settings()
