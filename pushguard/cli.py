@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from pushguard import documents, logs
 from pushguard.exceptions import ConfigError, IdempotencyConflict, InputError, PushguardError
@@ -40,6 +40,11 @@ cli.add_typer(config_cli, name="config")
 cli.add_typer(sup_cli, name="suppressions")
 
 out = Console()
+
+
+def id_column(header: str = "id") -> Column:
+    """A table column of ids, never shortened: people copy them into the next command."""
+    return Column(header, no_wrap=True)
 
 
 def fail(message: str) -> None:
@@ -188,7 +193,7 @@ def keys_create(name: Annotated[str, typer.Option(help="who or what uses the key
 @handles_errors
 def keys_list() -> None:
     """List API keys (prefixes only)."""
-    t = Table("id", "name", "prefix", "created", "revoked")
+    t = Table(id_column(), "name", "prefix", "created", "revoked")
     for k in app_for().store.api_keys():
         t.add_row(str(k["id"]), str(k["name"]), str(k["prefix"]) + "…", _when(k["created_at"]),
                   _when(k["revoked_at"]))
@@ -323,7 +328,7 @@ def messages_list(
         raise InputError("--state", f"one of: {', '.join(s.value for s in State)}")
     if cause is not None and cause not in taxonomy.CAUSES:
         raise InputError("--cause", f"one of: {', '.join(taxonomy.CAUSES)}")
-    t = Table("id", "channel", "to", "state", "cause", "attempts", "created")
+    t = Table(id_column(), "channel", "to", "state", "cause", "attempts", "created")
     for v in app_for().store.list_messages(state=state, cause=cause, limit=limit):
         t.add_row(v.id, v.channel, v.to[:48], v.state.value,
                   v.failure.cause if v.failure else "", str(v.attempts_count), _when(v.created_at))

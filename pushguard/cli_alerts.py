@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from pushguard.cli import _actor, app_for, handles_errors, out
+from pushguard.cli import _actor, app_for, handles_errors, id_column, out
 from pushguard.exceptions import InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,7 +58,8 @@ def _incidents() -> Any:
 
 
 def _alerts_table(found: list[dict[str, Any]]) -> Table:
-    t = Table("id", "rule", "scope", "state", "severity", "value", "opened", "incident")
+    t = Table(id_column(), "rule", "scope", "state", "severity", "value", "opened",
+              id_column("incident"))
     for a in found:
         t.add_row(a["id"], a["rule"], a["scope"], a["state"], a["severity"],
                   f"{a['value']:.4g}", a["opened_at"], a["incident_id"] or "")
@@ -150,7 +151,7 @@ def incidents_list(
     if as_json:
         _print({"incidents": found})
         return
-    t = Table("id", "scope", "state", "severity", "opened", "closed")
+    t = Table(id_column(), "scope", "state", "severity", "opened", "closed")
     for i in found:
         t.add_row(i["id"], i["scope"], i["state"], i["severity"], i["opened_at"],
                   i["closed_at"] or "")

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from pushguard import documents
-from pushguard.cli import _actor, _when, app_for, checked, handles_errors, out
+from pushguard.cli import _actor, _when, app_for, checked, handles_errors, id_column, out
 from pushguard.exceptions import InputError
 
 contacts_cli = typer.Typer(no_args_is_help=True, help="Contacts and their addresses.")
@@ -99,7 +99,7 @@ def contacts_show(ref: str, as_json: Annotated[bool, typer.Option("--json")] = F
         return
     out.print(f"[bold]{c['id']}[/bold]  {c['external_id']}  tz={c['timezone'] or '-'}  "
               f"locale={c['locale'] or '-'}")
-    t = Table("address id", "channel", "address", "status", "verified", "last seen")
+    t = Table(id_column("address id"), "channel", "address", "status", "verified", "last seen")
     for a in c["addresses"]:
         status = a["status"] + (f" ({a['status_reason']})" if a["status_reason"] else "")
         t.add_row(a["id"], a["channel"], a["address"][:60], status,
@@ -115,7 +115,7 @@ def contacts_show(ref: str, as_json: Annotated[bool, typer.Option("--json")] = F
 @handles_errors
 def contacts_list(limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
     """List contacts."""
-    t = Table("id", "external id", "addresses", "consents")
+    t = Table(id_column(), "external id", "addresses", "consents")
     for c in app_for().audience.contacts(limit=limit):
         t.add_row(c["id"], c["external_id"], str(len(c["addresses"])),
                   str(sum(1 for x in c["consent"] if x["status"] == "granted")))

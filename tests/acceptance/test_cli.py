@@ -37,6 +37,8 @@ def test_send_status_why_for_a_queued_message(cli: CLI) -> None:
     assert status["state"] == "queued" and status["content"] == {"event": "x"}
     why = cli("why", mid).stdout
     assert "PENDING" in why and "accepted for webhook" in why
+    narrow = CLI({**cli.env, "COLUMNS": "80"}, cli.cwd)
+    assert mid in narrow("messages").stdout  # whole, to be copied into the next command
 
 
 def test_bad_input_is_a_clear_error_with_status_1(cli: CLI) -> None:
