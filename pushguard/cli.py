@@ -93,6 +93,35 @@ Host = Annotated[str, typer.Option(help="address to listen on")]
 Port = Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")]
 
 
+@db_cli.command("prune")
+@handles_errors
+def db_prune(
+    older_than: Annotated[str, typer.Option(
+        help="delete the history of messages that finished longer ago than this: 90d, 2160h; "
+        "at least 1d")],
+    dry_run: Annotated[bool, typer.Option(help="count what would go, delete nothing")] = False,
+    batch: Annotated[int, typer.Option(min=100, max=100_000,
+                                       help="messages per transaction")] = 2000,
+) -> None:
+    """Delete finished messages, with their attempts and events, older than --older-than.
+
+    Kept: messages of campaigns that finished more recently, fallback chains with a recent
+    leg, consent, suppressions, the audit log, contacts, campaigns, alerts and incidents."""
+    import time
+
+    from pushguard.diagnosis.holds import parse_duration
+    from pushguard.store.retention import MIN_AGE, prune
+
+    age = parse_duration(older_than, "--older-than", least=MIN_AGE, most=3650 * 86400)
+    app = app_for()
+    before = time.time() - age
+    got = prune(app.store, before, batch=batch, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {got.messages:,} messages finished before {_when(before)} "
+              f"({got.attempts:,} attempts, {got.events:,} events) and {got.contact_sends:,} "
+              "frequency-cap records", highlight=False)
+
+
 @cli.command()
 @handles_errors
 def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:

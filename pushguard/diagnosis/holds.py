@@ -33,8 +33,10 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 OWNER = f"{socket.gethostname()}:{os.getpid()}"[:64]
 
 
-def parse_duration(text: str | float, field: str) -> float:
-    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` in seconds; InputError naming ``field``."""
+def parse_duration(text: str | float, field: str, *, least: float = 1,
+                   most: float = MAX_HOLD) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` in seconds, from ``least`` to ``most``;
+    InputError naming ``field``."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         seconds = float(text)
     else:
@@ -42,9 +44,16 @@ def parse_duration(text: str | float, field: str) -> float:
         if not found:
             raise InputError(field, "must be a duration like 90s, 10m, 2h or 1d")
         seconds = float(found.group(1)) * _UNIT[found.group(2)]
-    if not 1 <= seconds <= MAX_HOLD:
-        raise InputError(field, f"must be between 1 s and {MAX_HOLD // 86400} days")
+    if not least <= seconds <= most:
+        raise InputError(field, f"must be between {_span(least)} and {_span(most)}")
     return seconds
+
+
+def _span(seconds: float) -> str:
+    if seconds < 86400:
+        return f"{seconds:g} s"
+    days = seconds / 86400
+    return f"{days:g} day" + ("" if days == 1 else "s")
 
 
 class Holds:
