@@ -261,6 +261,17 @@ def test_caps_hold_under_concurrent_claims(store: SQLStore, store_url: str) -> N
     assert all(j.stop.rule == "frequency_cap" for j in jobs if j.stop is not None)
 
 
+def withdraw_elsewhere(store_url: str, app: App, cid: str) -> None:
+    """Another process (its own engine, its own cache) records a withdrawal."""
+    other = SQLStore(store_url)
+    try:
+        other_app = App(settings=Settings(secret_key="k"), store=other, config=app.config)
+        other_app.audience.record_consent([ConsentRecord(
+            cid, "news", "email", "withdrawn", "unsubscribe", time.time())])
+    finally:
+        other.close()
+
+
 def test_cache_sees_changes_made_by_another_process(store: SQLStore, store_url: str) -> None:
     app = make_app(store)
     cid = contact(app, "u1", "ann@example.com")
@@ -269,13 +280,7 @@ def test_cache_sees_changes_made_by_another_process(store: SQLStore, store_url: 
     before = store.gate.misses
     assert send(app, "ann@example.com").state is State.QUEUED
     assert store.gate.misses == before and store.gate.hits > 0  # answered from memory
-    other = SQLStore(store_url)  # another process: its own engine, its own cache
-    try:
-        other_app = App(settings=Settings(secret_key="k"), store=other, config=app.config)
-        other_app.audience.record_consent([ConsentRecord(
-            cid, "news", "email", "withdrawn", "unsubscribe", time.time())])
-    finally:
-        other.close()
+    withdraw_elsewhere(store_url, app, cid)
     assert send(app, "ann@example.com").state is State.SUPPRESSED
 
 
@@ -293,13 +298,7 @@ def test_a_rolled_back_transaction_leaves_no_cache_behind(store: SQLStore,
         store.gate.check(conn, [Item("m1", "email", "ann@example.com", "news", cid)],
                          time.time(), sending=False)
         raise RuntimeError("disk full")  # ...and then the cycle failed
-    other = SQLStore(store_url)
-    try:
-        other_app = App(settings=Settings(secret_key="k"), store=other, config=app.config)
-        other_app.audience.record_consent([ConsentRecord(
-            cid, "news", "email", "withdrawn", "unsubscribe", time.time())])
-    finally:
-        other.close()
+    withdraw_elsewhere(store_url, app, cid)
     assert send(app, "ann@example.com").state is State.SUPPRESSED
 
 

@@ -185,13 +185,18 @@ class _PauseBeforeUpdate:
         return getattr(self.conn, name)
 
 
-def test_retry_skips_who_was_reached_and_filters_by_cause(w: World) -> None:
-    ids = w.contacts(6)
+def sent(w: World) -> tuple[Any, str, dict[str, Any]]:
+    """A campaign started and fanned out: the service, its id, its messages by contact."""
     cid = w.campaign()["id"]
     c = w.app.campaigns
     c.start(cid, actor="t")
     Runner(c).tick()
-    rows = {r.contact_id: r for r in campaign_messages(w.app, cid)}
+    return c, cid, {r.contact_id: r for r in campaign_messages(w.app, cid)}
+
+
+def test_retry_skips_who_was_reached_and_filters_by_cause(w: World) -> None:
+    ids = w.contacts(6)
+    c, cid, rows = sent(w)
     with c.store._write() as conn:
         for i, cid_ in enumerate(ids):
             state, cause = [("delivered", None), ("failed", "CONTENT_REJECTED"),
@@ -281,11 +286,7 @@ def test_a_retry_by_cause_finds_the_messages_that_expired_because_of_it(w: World
     from pushguard.store.schema import attempts
 
     ids = w.contacts(3)
-    cid = w.campaign()["id"]
-    c = w.app.campaigns
-    c.start(cid, actor="t")
-    Runner(c).tick()
-    rows = {r.contact_id: r for r in campaign_messages(w.app, cid)}
+    c, cid, rows = sent(w)
     with c.store._write() as conn:
         for cid_, cause in zip(ids, ["PROVIDER_OUTAGE", "NETWORK_TIMEOUT", None], strict=True):
             m = rows[cid_].id
