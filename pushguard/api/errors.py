@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError
@@ -85,11 +84,11 @@ BODY: dict[int | str, dict[str, Any]] = {
 def document_errors(api: FastAPI) -> None:
     """Make the OpenAPI document say what the API answers: FastAPI declares its own
     validation error body on every route with parameters, which our handler never sends."""
+    generate = api.openapi  # FastAPI's own, with the app's servers, tags and webhooks
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
-            schema = get_openapi(title=api.title, version=api.version,
-                                 description=api.description, routes=api.routes)
+            schema = generate()
             known = schema.setdefault("components", {}).setdefault("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 known.pop(name, None)

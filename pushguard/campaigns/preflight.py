@@ -234,8 +234,9 @@ class Preflight:
                 f"credentials {n} time(s) in the last 24 h (last at {rfc3339(last)})",
                 "Renew the credentials (API key, token, certificate) and check them with a "
                 "test send before sending the campaign.", provider=name))
-        # Only the provider's own failures (outages, timeouts, rate limits: what opens its
-        # circuit) say it is failing; bad addresses and refused content say nothing about it.
+        # Only the kinds of failure that can open a provider's circuit (outages, timeouts,
+        # rate limits) say it is failing; bad addresses and refused content say nothing about
+        # it. Attempts do not keep the scope of a rate limit, so a per-device 429 counts too.
         by: dict[str, Counter[str]] = defaultdict(Counter)
         for name, cause, n in calls:
             by[name][cause or ""] += int(n)

@@ -169,7 +169,12 @@ class SQLStore(Store):
     def _write(self) -> Iterator[Connection]:
         try:
             with self._writer.begin() as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException:
+                    # before the rollback frees the audience counter's row for another writer
+                    self.gate.forget()
+                    raise
         except BaseException as exc:
             self.gate.forget()  # it may hold what the rolled-back transaction wrote
             if isinstance(exc, OperationalError):
@@ -352,7 +357,11 @@ class SQLStore(Store):
         checks = self.gate.checks
         try:
             with self._nowait.begin() as conn:  # BEGIN IMMEDIATE: busy -> error at once
-                return self._cycle(conn, owner, outcomes, limit, lease)
+                try:
+                    return self._cycle(conn, owner, outcomes, limit, lease)
+                except BaseException:
+                    self.gate.forget()  # before the rollback lets another writer in
+                    raise
         except BaseException as exc:
             if self.gate.checks != checks:  # not when BEGIN found the lock taken: no check ran
                 self.gate.forget()
