@@ -58,34 +58,42 @@ def _server(app: App, host: str, port: int) -> uvicorn.Server:
     return _Server(config)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The API's listening socket, bound here rather than by uvicorn, which answers a port
-    already taken by exiting the process from inside a task (exit 3 and a traceback)."""
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The API's listening sockets, bound here rather than by uvicorn, which answers a port
+    already taken by exiting the process from inside a task (exit 3 and a traceback). Bound
+    as asyncio's ``create_server`` binds them: one socket per address the host resolves to
+    (``localhost`` is 127.0.0.1 and ::1), IPv6 sockets IPv6 only, ``""`` every interface."""
+    where = f"{host}:{port}"
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
     except OSError as exc:
-        raise PushguardError(f"could not listen on {host}:{port}: {exc}") from exc
+        raise PushguardError(f"could not listen on {where}: {exc}") from exc
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(2048)
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(2048)
     except OSError as exc:
-        sock.close()
-        raise PushguardError(f"could not listen on {host}:{port}: {exc.strerror or exc}") \
-            from exc
-    return sock
+        for sock in socks:
+            sock.close()
+        raise PushguardError(f"could not listen on {where}: {exc.strerror or exc}") from exc
+    return socks
 
 
 async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> None:
     stop = asyncio.Event()
     server = _server(app, host, port)
-    sock = _listen(host, port)
+    socks = _listen(host, port)
     _on_signals(stop, server)
-    bound = sock.getsockname()[1]
+    bound = socks[0].getsockname()[1]
     log.info("api_listening", url=f"http://{host}:{bound}", worker=with_worker)
-    tasks: list[asyncio.Task[object]] = [asyncio.create_task(server.serve(sockets=[sock]))]
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(server.serve(sockets=socks))]
     if with_worker:
         tasks.append(asyncio.create_task(run_worker(app, stop)))
 
@@ -99,7 +107,8 @@ async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> 
         await asyncio.gather(*tasks)
     finally:
         watcher.cancel()
-    sock.close()
+        for sock in socks:
+            sock.close()
     if not server.started:
         raise PushguardError(f"the API on {host}:{port} stopped before it started")
 
