@@ -13,6 +13,7 @@ import contextlib
 import glob
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,11 @@ def _publish_key(path: Path) -> None:
     which then is the key; nobody ever reads a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    key = secrets.token_urlsafe(32)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
+            f.write(key)
             f.flush()
             os.fsync(f.fileno())
         try:
@@ -123,18 +125,28 @@ def _publish_key(path: Path) -> None:
             with contextlib.suppress(FileExistsError):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
-                    f.write(tmp.read_text())
+                    f.write(key)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+#: a candidate key file older than this whose process is gone was left by a killed process
+CANDIDATE_AGE = 600.0
+
+
 def _sweep_candidates(path: Path) -> None:
     """Remove the candidate files of processes killed while publishing a key (SIGKILL between
-    writing theirs and unlinking it). A candidate whose process still runs is left alone:
-    it may be publishing right now."""
+    writing theirs and unlinking it): those older than :data:`CANDIDATE_AGE` whose process is
+    gone. The age matters as much as the process: a process in another PID namespace (a
+    container sharing the volume) looks gone, and may be publishing right now."""
+    cutoff = time.time() - CANDIDATE_AGE
     for tmp in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
         pid = tmp.name[len(path.name) + 1:].split(".", 1)[0]
-        if not pid.isdigit() or _running(int(pid)):
+        try:
+            fresh = tmp.stat().st_mtime > cutoff
+        except OSError:
+            continue
+        if fresh or not pid.isdigit() or _running(int(pid)):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,15 @@ def test_a_candidate_left_by_a_killed_process_is_swept(tmp_path: Path) -> None:
     dead = tmp_path / f"p.db.secret.{gone.pid}.0badc0de.tmp"
     live = tmp_path / f"p.db.secret.{os.getpid()}.0badc0de.tmp"
     other = tmp_path / "q.db.secret.1.0badc0de.tmp"  # another database's
-    for f in (dead, live, other):
+    young = tmp_path / f"p.db.secret.{gone.pid}.0badc0df.tmp"  # another container's, now
+    long_ago = time.time() - 3600
+    for f in (dead, live, other, young):
         f.write_text("candidate")
+        if f is not young:
+            os.utime(f, (long_ago, long_ago))
     first = link_keys(_settings(tmp_path / "p.db"))
-    assert not dead.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and other.exists() and young.exists()
     dead.write_text("candidate")  # also once the key exists
+    os.utime(dead, (long_ago, long_ago))
     assert link_keys(_settings(tmp_path / "p.db")) == first
     assert not dead.exists()
