@@ -98,7 +98,7 @@ Port = Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")]
 def db_prune(
     older_than: Annotated[str, typer.Option(
         help="delete the history of messages that finished longer ago than this: 90d, 2160h; "
-        "at least 1d")],
+        "at least 30d")],
     dry_run: Annotated[bool, typer.Option(help="count what would go, delete nothing")] = False,
     batch: Annotated[int, typer.Option(min=100, max=100_000,
                                        help="messages per transaction")] = 2000,
@@ -115,7 +115,7 @@ def db_prune(
     age = parse_duration(older_than, "--older-than", least=MIN_AGE, most=3650 * 86400)
     app = app_for()
     before = time.time() - age
-    got = prune(app.store, before, batch=batch, dry_run=dry_run)
+    got = prune(app.store, before, batch=batch, dry_run=dry_run, actor=_actor())
     verb = "would delete" if dry_run else "deleted"
     out.print(f"{verb} {got.messages:,} messages finished before {_when(before)} "
               f"({got.attempts:,} attempts, {got.events:,} events) and {got.contact_sends:,} "

@@ -16,7 +16,14 @@ from sqlalchemy import func, insert, select, update
 
 from pushguard.models import Accepted, NewMessage
 from pushguard.store.retention import prune
-from pushguard.store.schema import attempts, contact_sends, events, messages, topics
+from pushguard.store.schema import (
+    attempts,
+    audit_log,
+    contact_sends,
+    events,
+    messages,
+    topics,
+)
 from pushguard.store.sql import SQLStore
 from tests.diagnosis.pm_story import campaign_row
 
@@ -63,6 +70,16 @@ def test_what_finished_long_ago_goes_and_the_rest_stays(store: SQLStore) -> None
     s.message("delivered", 5, parent=parent_of_recent)
     parent_of_old = s.message("failed", 40)
     old_leg = s.message("delivered", 39, parent=parent_of_old)
+    head = s.message("failed", 40)  # a chain of three whose last leg still waits
+    middle = s.message("failed", 40, parent=head)
+    s.message("queued", 40, parent=middle)
+    old_head = s.message("failed", 40)  # ...and one wholly old: it goes as a whole
+    old_middle = s.message("failed", 40, parent=old_head)
+    old_tail = s.message("delivered", 40, parent=old_middle)
+    waits_for_receipt = s.message("delivered", 40)
+    with store._write() as conn:
+        conn.execute(update(messages).where(messages.c.id == waits_for_receipt).values(
+            confirm_within=7 * 86400, confirm_by=s.now + DAY))
     running = campaign_row(store, "running", started_at=s.now - 50 * DAY, state="sending")
     done_long_ago = campaign_row(store, "old", started_at=s.now - 50 * DAY,
                                  finished_at=s.now - 45 * DAY)
@@ -71,7 +88,8 @@ def test_what_finished_long_ago_goes_and_the_rest_stays(store: SQLStore) -> None
     of_running = s.message("delivered", 40, campaign=running)
     of_old = s.message("delivered", 40, campaign=done_long_ago)
     of_lately = s.message("delivered", 40, campaign=done_lately)
-    gone = {old_done, old_failed, parent_of_old, old_leg, of_old}
+    gone = {old_done, old_failed, parent_of_old, old_leg, of_old, old_head, old_middle,
+            old_tail}
     assert s.count(events, old_done) >= 1 and s.count(attempts, old_done) == 2
 
     before = s.ids()
@@ -79,13 +97,18 @@ def test_what_finished_long_ago_goes_and_the_rest_stays(store: SQLStore) -> None
     assert s.ids() == before  # a dry run deletes nothing
     got = prune(store, s.now - 30 * DAY, batch=2)  # several batches
     assert got.as_dict() == counted.as_dict()
-    assert got.messages == len(gone) and got.attempts == 6
+    assert got.messages == len(gone) and got.attempts == len(gone) + 1
     assert s.ids() == before - gone
     for mid in gone:
         assert s.count(attempts, mid) == 0 and s.count(events, mid) == 0
-    assert {recent, waiting, parent_of_recent, of_running, of_lately} <= s.ids()
+    assert {recent, waiting, parent_of_recent, of_running, of_lately, head, middle,
+            waits_for_receipt} <= s.ids()
     assert store.get(recent) is not None
     assert prune(store, s.now - 30 * DAY).messages == 0  # nothing left to do
+    with store._read() as conn:  # who pruned what, in the audit log
+        (entry,) = conn.execute(select(audit_log.c.actor, audit_log.c.detail).where(
+            audit_log.c.action == "retention.prune")).all()
+    assert entry.actor == "system" and f'"messages":{len(gone)}' in entry.detail
 
 
 def test_cap_history_is_kept_within_the_longest_cap_window(store: SQLStore) -> None:
@@ -121,7 +144,7 @@ def test_the_cli_prunes_and_refuses_a_retention_shorter_than_a_day(tmp_path: Pat
 
     short = cli("--older-than", "2h")
     assert short.returncode == 1
-    assert "--older-than: must be between 1 day and 3650 days" in short.stderr
+    assert "--older-than: must be between 30 days and 3650 days" in short.stderr
     dry = cli("--older-than", "90d", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would delete 3 messages"), dry
     done = cli("--older-than", "90d")
