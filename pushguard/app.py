@@ -174,9 +174,13 @@ class App:
         )
 
 
-async def run_worker(app: App, stop: asyncio.Event, **overrides: float) -> Worker:
-    """Open the providers, deliver until ``stop`` is set, drain, close them."""
-    providers = app.build_providers()
+async def run_worker(app: App, stop: asyncio.Event,
+                     providers: dict[str, Provider] | None = None, /,
+                     **overrides: float) -> Worker:
+    """Open the providers (built here unless given), deliver until ``stop`` is set, drain,
+    close them."""
+    if providers is None:
+        providers = app.build_providers()
     for p in providers.values():
         await p.start()
     worker = app.build_worker(providers, **overrides)

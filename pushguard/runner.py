@@ -88,6 +88,8 @@ def _listen(host: str, port: int) -> list[socket.socket]:
 
 async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> None:
     stop = asyncio.Event()
+    # a provider configuration that cannot work stops the process before it listens
+    providers = app.build_providers() if with_worker else None
     server = _server(app, host, port)
     socks = _listen(host, port)
     _on_signals(stop, server)
@@ -95,7 +97,7 @@ async def serve(app: App, host: str, port: int, *, with_worker: bool = True) -> 
     log.info("api_listening", url=f"http://{host}:{bound}", worker=with_worker)
     tasks: list[asyncio.Task[object]] = [asyncio.create_task(server.serve(sockets=socks))]
     if with_worker:
-        tasks.append(asyncio.create_task(run_worker(app, stop)))
+        tasks.append(asyncio.create_task(run_worker(app, stop, providers)))
 
     async def watch() -> None:
         # uvicorn may stop on its own (e.g. the port is taken); then stop the worker too.

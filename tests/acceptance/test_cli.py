@@ -148,6 +148,12 @@ def test_a_port_already_taken_is_a_one_line_error(cli: CLI) -> None:
             assert got.stderr.strip().splitlines()[-1] == (
                 f"error: could not listen on 127.0.0.1:{port}: Address already in use")
             assert "Traceback" not in got.stderr and "api_listening" not in got.stderr
+    # a provider configuration that cannot work stops serve before it listens
+    unsigned = CLI({k: v for k, v in cli.env.items() if k != "PUSHGUARD_WEBHOOK_SECRET"},
+                   cli.cwd)
+    got = unsigned("serve", "--port", "0", check=False, timeout=30)
+    assert got.returncode == 1 and "no signing secret" in got.stderr, got
+    assert "api_listening" not in got.stderr
 
 
 def test_serve_delivers_and_explains_end_to_end(cli: CLI, webhook_secret: str) -> None:
