@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from pushguard import documents, logs
@@ -39,7 +40,8 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(sup_cli, name="suppressions")
 
-out = Console()
+#: data (names, addresses, reasons) is never taken for markup; a line that styles says so
+out = Console(markup=False)
 
 
 def id_column(header: str = "id") -> Column:
@@ -303,8 +305,9 @@ def status(
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    out.print(f"[bold]{view.id}[/bold]  {view.channel} -> {view.to}")
-    out.print(f"state: [bold]{view.state.value}[/bold]   attempts: {view.attempts_count}")
+    out.print(f"[bold]{view.id}[/bold]  {view.channel} -> {escape(view.to)}", markup=True)
+    out.print(f"state: [bold]{view.state.value}[/bold]   attempts: {view.attempts_count}",
+              markup=True)
     if view.failure:
         out.print(f"cause: {view.failure.cause} ({view.failure.provider_code or '-'})")
         out.print(f"fix: {view.failure.fix}", markup=False)

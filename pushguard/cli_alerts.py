@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pushguard.cli import _actor, app_for, handles_errors, id_column, out
@@ -94,8 +95,8 @@ def alerts_show(alert_id: str, as_json: AsJson = False) -> None:
     if as_json:
         _print(a)
         return
-    out.print(f"[bold]{a['id']}[/bold] {a['rule']} on {a['scope']}: {a['state']}, "
-              f"{a['severity']} (peak {a['peak']})", highlight=False)
+    out.print(f"[bold]{a['id']}[/bold] {a['rule']} on {escape(a['scope'])}: {a['state']}, "
+              f"{a['severity']} (peak {a['peak']})", highlight=False, markup=True)
     out.print(a["summary"], markup=False, highlight=False)
     for c in a["detail"].get("top_causes") or []:
         out.print(f"  {c['cause']}: {c['count']}", highlight=False)
@@ -167,8 +168,8 @@ def incidents_show(incident_id: str, as_json: AsJson = False) -> None:
         _print(i)
         return
     r = i["blast_radius"]
-    out.print(f"[bold]{i['id']}[/bold] {i['title']}: {i['state']}, {i['severity']}",
-              highlight=False)
+    out.print(f"[bold]{i['id']}[/bold] {escape(i['title'])}: {i['state']}, {i['severity']}",
+              highlight=False, markup=True)
     out.print(f"blast radius: {r['messages']} failed messages, {r['recipients']} recipients; "
               f"campaigns {[c['campaign'] for c in r['campaigns']]}, channels "
               f"{[c['channel'] for c in r['channels']]}, providers "

@@ -11,6 +11,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pushguard import documents
@@ -97,8 +98,8 @@ def contacts_show(ref: str, as_json: Annotated[bool, typer.Option("--json")] = F
     if as_json:
         print(json.dumps(c, indent=2))
         return
-    out.print(f"[bold]{c['id']}[/bold]  {c['external_id']}  tz={c['timezone'] or '-'}  "
-              f"locale={c['locale'] or '-'}")
+    out.print(f"[bold]{c['id']}[/bold]  {escape(c['external_id'])}  "
+              f"tz={c['timezone'] or '-'}  locale={escape(c['locale'] or '-')}", markup=True)
     t = Table(id_column("address id"), "channel", "address", "status", "verified", "last seen")
     for a in c["addresses"]:
         status = a["status"] + (f" ({a['status_reason']})" if a["status_reason"] else "")

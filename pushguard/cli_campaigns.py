@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pushguard import documents
@@ -118,9 +119,9 @@ def show(ref: str) -> None:
 
 def _findings(report: dict[str, Any]) -> None:
     p = report["predicted"]
-    out.print(f"[bold]{report['name']}[/]: {report['recipients']} recipients; predicted "
+    out.print(f"[bold]{escape(report['name'])}[/]: {report['recipients']} recipients; predicted "
               f"delivery rate [bold]{p['delivery_rate']:.0%}[/] ({p['delivered']} would "
-              f"receive it, {p['not_sent']} would not, {p['deferred']} later)")
+              f"receive it, {p['not_sent']} would not, {p['deferred']} later)", markup=True)
     if report.get("sample"):
         sm = report["sample"]
         out.print(f"estimated from a random sample of {sm['surveyed']} of the "
@@ -129,13 +130,14 @@ def _findings(report: dict[str, Any]) -> None:
     est = report["estimate"]
     if est["seconds"]:
         out.print(f"estimated send time {est['seconds']:.0f} s; estimated cost {est['cost']}")
-    for f in report["findings"]:
+    for f in report["findings"]:  # their texts are data: "[default]" is no markup
         colour = "red" if f["severity"] == "block" else "yellow"
-        out.print(f"[{colour}]{f['severity']:<6}[/] {f['count']:>7}  {f['code']}: "
-                  f"{f['problem']}", highlight=False)
+        out.print(f"[{colour}]{f['severity']:<6}[/] {f['count']:>7}  {escape(f['code'])}: "
+                  f"{escape(f['problem'])}", highlight=False, markup=True)
         if f["examples"]:
-            out.print(f"{'':15}e.g. {', '.join(map(str, f['examples']))}", highlight=False)
-        out.print(f"{'':15}fix: {f['fix']}", highlight=False)
+            out.print(f"{'':15}e.g. {', '.join(map(str, f['examples']))}", highlight=False,
+                      markup=False)
+        out.print(f"{'':15}fix: {f['fix']}", highlight=False, markup=False)
 
 
 @campaign_cli.command("preflight")

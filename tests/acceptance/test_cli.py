@@ -41,6 +41,14 @@ def test_send_status_why_for_a_queued_message(cli: CLI) -> None:
     assert mid in narrow("messages").stdout  # whole, to be copied into the next command
 
 
+def test_data_in_brackets_is_printed_not_taken_for_markup(cli: CLI) -> None:
+    """Rich read "[vip]" in an external id as a style and printed nothing of it."""
+    cli("db", "upgrade")
+    cli("contacts", "add", "[vip]ann", "--email", "ann@example.com")
+    assert "[vip]ann" in cli("contacts", "list").stdout
+    assert "[vip]ann" in cli("contacts", "show", "[vip]ann").stdout.splitlines()[0]
+
+
 def test_bad_input_is_a_clear_error_with_status_1(cli: CLI) -> None:
     cli("db", "upgrade")
     cases = [

@@ -82,6 +82,7 @@ def test_a_campaign_from_the_command_line(env: tuple[World, CLI]) -> None:
 
     report = cli("campaign", "preflight", "spring", rc=1).stdout
     assert "block" in report and "/missing" in report and "fix:" in report
+    assert "newsletter [default]" in report  # data in the text is not taken for markup
     assert "8 recipients" in report and "random sample" not in report
     exact = json.loads(cli("campaign", "preflight", "spring", "--exact", "--json",
                            rc=1).stdout)
