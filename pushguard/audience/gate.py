@@ -183,6 +183,12 @@ class Gate:
             # no counter row (a damaged schema) means no caching at all, never a stale one
             self._c = _Cache(generation=n)
 
+    def longest_cap(self, rules: dict[str, TopicRule]) -> float:
+        """The longest window any cap counts sends over (the marketing cap, each topic's)."""
+        overall = self.policy.marketing_cap
+        return max([overall.seconds if overall else 0.0] +
+                   [r.cap.seconds for r in rules.values() if r.cap])
+
     def topic_rules(self, conn: Connection) -> dict[str, TopicRule]:
         if self._c.topics is None:
             self._c.topics = {
@@ -391,8 +397,7 @@ class Gate:
         if not capped:
             return
         ids = sorted({it.contact_id for it in capped if it.contact_id})
-        longest = max([overall.seconds if overall else 0] +
-                      [r.cap.seconds for r in rules.values() if r.cap])
+        longest = self.longest_cap(rules)
         # (topic, at, message id) of each counted send; a message counts once however many
         # times it is claimed (retries, pacing, open circuits)
         sent: dict[str, list[tuple[str, float, str]]] = defaultdict(list)

@@ -35,8 +35,6 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, func, not_, or_, select
 
-from pushguard.audience.rules import Cap
-from pushguard.exceptions import InputError
 from pushguard.states import TERMINAL
 from pushguard.store.schema import (
     attempts,
@@ -45,7 +43,6 @@ from pushguard.store.schema import (
     early_receipts,
     events,
     messages,
-    topics,
 )
 from pushguard.store.sql import SQLStore, audit
 from pushguard.views import rfc3339
@@ -121,17 +118,6 @@ def _whole_chains(conn: Connection, ids: Sequence[str], cond: Any) -> set[str]:
     return {x for x in known if find(x) not in bad and (x in ok or x not in chained)}
 
 
-def _longest_cap(conn: Connection, store: SQLStore) -> float:
-    policy = store.gate.policy.marketing_cap
-    longest = policy.seconds if policy else 0.0
-    for (text,) in conn.execute(select(topics.c.cap).where(topics.c.cap.is_not(None))):
-        try:
-            longest = max(longest, Cap.parse(text).seconds)
-        except InputError:  # a cap the gate cannot read either: it counts nothing
-            continue
-    return longest
-
-
 def _delete_in(conn: Connection, table: Any, column: Any, ids: Sequence[Any]) -> int:
     n = 0
     for i in range(0, len(ids), _CHUNK):
@@ -145,6 +131,9 @@ def prune(store: SQLStore, before: float, *, batch: int = 2000, dry_run: bool = 
     transaction; with ``dry_run``, count what would go and delete nothing."""
     got = Pruned()
     cond = _prunable(before)
+    with store._read() as conn:  # caps count sends over their windows: those stay
+        rules = store.gate.topic_rules(conn)
+    old_sends = contact_sends.c.at < min(before, time.time() - store.gate.longest_cap(rules))
     m = messages.c
     cursor: tuple[float, str] | None = None  # one walk along ix_messages_created
     seen: set[str] = set()  # chain members counted ahead of the walk (dry run)
@@ -180,13 +169,13 @@ def prune(store: SQLStore, before: float, *, batch: int = 2000, dry_run: bool = 
     if dry_run:
         with store._read() as conn:
             got.contact_sends = conn.execute(select(func.count()).select_from(contact_sends)
-                                             .where(_old_sends(conn, store, before))
+                                             .where(old_sends)
                                              ).scalar_one()
         return got
     while True:
         with store._write() as conn:
             old = list(conn.execute(select(contact_sends.c.id).where(
-                _old_sends(conn, store, before)).limit(batch * 5)).scalars())
+                old_sends).limit(batch * 5)).scalars())
             if not old:
                 break
             got.contact_sends += _delete_in(conn, contact_sends, contact_sends.c.id, old)
@@ -203,7 +192,3 @@ def _count_in(conn: Connection, table: Any, column: Any, ids: Sequence[Any]) -> 
         n += conn.execute(select(func.count()).select_from(table).where(
             column.in_(ids[i:i + _CHUNK]))).scalar_one()
     return n
-
-
-def _old_sends(conn: Connection, store: SQLStore, before: float) -> Any:
-    return contact_sends.c.at < min(before, time.time() - _longest_cap(conn, store))
