@@ -163,8 +163,6 @@ class Gate:
         #: lookups answered from memory vs from the database (for tests and metrics)
         self.hits = 0
         self.misses = 0
-        #: checks begun (the store compares it before and after a failed transaction)
-        self.checks = 0
 
     # -- cache ------------------------------------------------------------------------------
 
@@ -269,7 +267,6 @@ class Gate:
         # on PostgreSQL their transactions overlap): a check must not see the cache swapped
         # under it. Checks are short; the database work inside is per batch.
         with self._lock:
-            self.checks += 1
             self._check(conn, items, now, sending=sending, lock=lock)
 
     def _check(

@@ -354,16 +354,17 @@ class SQLStore(Store):
         What remains is CPU work of a few milliseconds per batch."""
         if self._nowait is None:
             return None
-        checks = self.gate.checks
+        began = False
         try:
             with self._nowait.begin() as conn:  # BEGIN IMMEDIATE: busy -> error at once
+                began = True
                 try:
                     return self._cycle(conn, owner, outcomes, limit, lease)
                 except BaseException:
                     self.gate.forget()  # before the rollback lets another writer in
                     raise
         except BaseException as exc:
-            if self.gate.checks != checks:  # not when BEGIN found the lock taken: no check ran
+            if began:  # not when BEGIN found the lock taken: no check ran (a commit failed)
                 self.gate.forget()
             if not isinstance(exc, OperationalError):
                 raise
